@@ -1,0 +1,23 @@
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // A vendored protoc keeps a fresh machine free of a system protobuf install.
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
+    unsafe { std::env::set_var("PROTOC", protoc) };
+
+    let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    let files = [
+        "training.proto",
+        "serving.proto",
+        "targets.proto",
+        "common.proto",
+    ]
+    .map(|f| proto_root.join("mlgw/v1").join(f));
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("mlgw_descriptor.bin"))
+        .compile_protos(&files, std::slice::from_ref(&proto_root))?;
+    println!("cargo:rerun-if-changed={}", proto_root.display());
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! The gRPC surface: tonic services that translate proto messages to gateway calls and back.
+//! Proto types go no further than this module.
+
+mod convert;
+mod serving;
+mod status;
+mod targets;
+mod training;
+
+use std::sync::Arc;
+
+use crate::gateway::Gateway;
+
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("mlgw.v1");
+
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("mlgw_descriptor");
+}
+
+pub use status::to_status;
+
+/// Every service the gateway serves, health and reflection included.
+pub fn routes(gw: Arc<Gateway>) -> anyhow::Result<tonic::service::Routes> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    // Serving means the store is open and plugins are loaded: both happened before this.
+    let reporter = health_reporter.clone();
+    tokio::spawn(async move {
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        reporter
+            .set_serving::<pb::training_service_server::TrainingServiceServer<training::TrainingApi>>()
+            .await;
+        reporter
+            .set_serving::<pb::serving_service_server::ServingServiceServer<serving::ServingApi>>()
+            .await;
+        reporter
+            .set_serving::<pb::target_service_server::TargetServiceServer<targets::TargetApi>>()
+            .await;
+    });
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let mut routes = tonic::service::Routes::builder();
+    routes
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(pb::training_service_server::TrainingServiceServer::new(
+            training::TrainingApi::new(gw.clone()),
+        ))
+        .add_service(pb::serving_service_server::ServingServiceServer::new(
+            serving::ServingApi::new(gw.clone()),
+        ))
+        .add_service(pb::target_service_server::TargetServiceServer::new(
+            targets::TargetApi::new(gw),
+        ));
+    Ok(routes.routes())
+}

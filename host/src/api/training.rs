@@ -1,0 +1,119 @@
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::pb::{self, training_service_server::TrainingService};
+use super::status::to_status;
+use crate::gateway::Gateway;
+use crate::gateway::JobFilter;
+
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+pub struct TrainingApi {
+    gw: Arc<Gateway>,
+}
+
+impl TrainingApi {
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        Self { gw }
+    }
+}
+
+pub fn page_size(n: u32) -> usize {
+    match n as usize {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    }
+}
+
+type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl TrainingService for TrainingApi {
+    async fn submit(
+        &self,
+        req: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let r = req.into_inner();
+        let spec = r
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec: required"))?;
+        let key = (!r.idempotency_key.is_empty()).then_some(r.idempotency_key);
+        let job = self
+            .gw
+            .submit_job(&r.target, convert::training_spec(spec), key)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(convert::job(&job)))
+    }
+
+    async fn get(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let job = self.gw.get_job(&req.into_inner().id).map_err(to_status)?;
+        Ok(Response::new(convert::job(&job)))
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let r = req.into_inner();
+        let filter = JobFilter {
+            target: (!r.target.is_empty()).then_some(r.target),
+            state: convert::job_state_from(r.state, "state").map_err(to_status)?,
+        };
+        let token = (!r.page_token.is_empty()).then_some(r.page_token);
+        let (jobs, next) = self
+            .gw
+            .list_jobs(&filter, token.as_deref(), page_size(r.page_size))
+            .map_err(to_status)?;
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: jobs.iter().map(convert::job).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn cancel(
+        &self,
+        req: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let job = self
+            .gw
+            .cancel_job(&req.into_inner().id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(convert::job(&job)))
+    }
+
+    type WatchStream = Streamed<pb::JobEvent>;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let stream = self.gw.watch_job(&req.into_inner().id).map_err(to_status)?;
+        Ok(Response::new(Box::pin(stream.map(|r| {
+            r.map(|j| convert::job_event(&j)).map_err(to_status)
+        }))))
+    }
+
+    type LogsStream = Streamed<pb::LogLine>;
+
+    async fn logs(
+        &self,
+        req: Request<pb::JobLogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let r = req.into_inner();
+        let cursor = (!r.cursor.is_empty()).then_some(r.cursor);
+        let stream = self
+            .gw
+            .job_logs(&r.id, r.follow, cursor)
+            .map_err(to_status)?;
+        Ok(Response::new(Box::pin(
+            stream.map(|r| r.map(convert::log_line).map_err(to_status)),
+        )))
+    }
+}

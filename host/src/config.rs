@@ -1,0 +1,304 @@
+//! The operator's configuration: where data lives, the targets (plugin + settings + grants),
+//! the default target, and the sandbox limits. With no file, `Config::embedded` is a working
+//! single-machine setup with the `local` target.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    pub default_target: Option<String>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Extra plugins by name → path of a .wasm component. Bundled plugins ("local") need no entry.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PathBuf>,
+    #[serde(default)]
+    pub targets: BTreeMap<String, TargetConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// A bundled plugin name or a key of `[plugins]`.
+    pub plugin: String,
+    /// Handed to the plugin as a JSON object on every call.
+    #[serde(default)]
+    pub settings: toml::Table,
+    #[serde(default)]
+    pub grants: Grants,
+}
+
+/// Capabilities the operator grants a target. Anything not granted answers `denied`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    pub process: Option<ProcessGrant>,
+}
+
+impl Grants {
+    pub fn names(&self) -> Vec<String> {
+        let mut names = vec!["log".to_string()];
+        if self.process.is_some() {
+            names.push("process".into());
+        }
+        names
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessGrant {
+    /// The directory the plugin's processes and files live under. Default:
+    /// `<data_dir>/targets/<target>`.
+    pub root: Option<PathBuf>,
+    /// Programs the plugin may start, by name or path; "*" allows any.
+    #[serde(default = "any_program")]
+    pub programs: Vec<String>,
+    /// Environment variables passed through from the gateway to started processes.
+    #[serde(default = "default_inherit_env")]
+    pub inherit_env: Vec<String>,
+}
+
+impl Default for ProcessGrant {
+    fn default() -> Self {
+        Self {
+            root: None,
+            programs: any_program(),
+            inherit_env: default_inherit_env(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Wall-clock budget for one plugin call, host calls included.
+    pub call_timeout_ms: u64,
+    /// Linear memory cap per plugin instance.
+    pub memory_mib: u64,
+    /// Plugin instances alive at once; further calls wait.
+    pub max_concurrent_calls: u32,
+    /// How often live jobs and endpoints are polled.
+    pub reconcile_interval_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            call_timeout_ms: 10_000,
+            memory_mib: 64,
+            max_concurrent_calls: 64,
+            reconcile_interval_ms: 500,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50051))
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(d).join("mlgw");
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        return PathBuf::from(h).join(".local/share/mlgw");
+    }
+    PathBuf::from(".mlgw")
+}
+
+fn any_program() -> Vec<String> {
+    vec!["*".into()]
+}
+
+fn default_inherit_env() -> Vec<String> {
+    [
+        "PATH",
+        "HOME",
+        "USER",
+        "LANG",
+        "LC_ALL",
+        "TZ",
+        "TMPDIR",
+        "VIRTUAL_ENV",
+        "PYTHONPATH",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+impl Config {
+    /// No file: data in the default directory, the `local` target granted local processes.
+    pub fn embedded() -> Self {
+        let mut targets = BTreeMap::new();
+        targets.insert(
+            "local".to_string(),
+            TargetConfig {
+                plugin: "local".into(),
+                settings: toml::Table::new(),
+                grants: Grants {
+                    process: Some(ProcessGrant::default()),
+                },
+            },
+        );
+        Self {
+            listen: default_listen(),
+            data_dir: default_data_dir(),
+            default_target: Some("local".into()),
+            limits: Limits::default(),
+            plugins: BTreeMap::new(),
+            targets,
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let mut cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        // Relative plugin paths are relative to the config file, as operators expect.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in cfg.plugins.values_mut() {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.targets.is_empty() {
+            return Err(ConfigError::Invalid("no [targets] defined".into()));
+        }
+        if let Some(d) = &self.default_target
+            && !self.targets.contains_key(d)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "default_target {d:?} is not a defined target"
+            )));
+        }
+        for (name, t) in &self.targets {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "target name {name:?}: only letters, digits, '-' and '_'"
+                )));
+            }
+            if !self.plugins.contains_key(&t.plugin)
+                && !mlgw_plugin_artifacts::bundled()
+                    .iter()
+                    .any(|(n, _)| *n == t.plugin)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "targets.{name}.plugin: {:?} is neither bundled nor listed in [plugins]",
+                    t.plugin
+                )));
+            }
+        }
+        let l = &self.limits;
+        if l.call_timeout_ms == 0 || l.memory_mib == 0 || l.max_concurrent_calls == 0 {
+            return Err(ConfigError::Invalid("limits must be positive".to_string()));
+        }
+        Ok(())
+    }
+
+    /// The default target: configured, or the only one.
+    pub fn default_target(&self) -> Option<&str> {
+        self.default_target.as_deref().or_else(|| {
+            (self.targets.len() == 1).then(|| self.targets.keys().next().unwrap().as_str())
+        })
+    }
+
+    pub fn process_root(&self, target: &str, grant: &ProcessGrant) -> PathBuf {
+        grant
+            .root
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("targets").join(target))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("mlgw.toml");
+        std::fs::write(
+            &p,
+            r#"
+listen = "127.0.0.1:6000"
+data_dir = "/tmp/x"
+default_target = "cpu"
+[limits]
+call_timeout_ms = 2000
+[plugins]
+mine = "plugins/mine.wasm"
+[targets.cpu]
+plugin = "local"
+settings = { mlserver = "/opt/venv/bin/mlserver" }
+[targets.cpu.grants.process]
+programs = ["python3"]
+[targets.other]
+plugin = "mine"
+"#,
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.default_target(), Some("cpu"));
+        assert_eq!(c.limits.call_timeout_ms, 2000);
+        assert_eq!(c.limits.memory_mib, 64);
+        assert_eq!(c.plugins["mine"], dir.path().join("plugins/mine.wasm"));
+        let g = c.targets["cpu"].grants.process.as_ref().unwrap();
+        assert_eq!(g.programs, vec!["python3"]);
+        assert!(c.targets["other"].grants.process.is_none());
+    }
+
+    #[test]
+    fn unknown_plugin_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[targets.a]\nplugin = \"nope\"\n").unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("targets.a.plugin"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[targets.a]\nplugin = \"local\"\ngrant = 1\n").unwrap();
+        assert!(matches!(Config::load(&p), Err(ConfigError::Parse { .. })));
+    }
+}

@@ -1,0 +1,282 @@
+//! Model endpoints: deploy, read, update, delete, and predictions through them.
+
+use super::{DEFAULT_TENANT, Gateway};
+use crate::dataplane::{InferRequest, InferResponse};
+use crate::domain::{
+    Endpoint, EndpointSpec, EndpointState, Feature, now_ms, validate_endpoint_spec,
+};
+use crate::error::{GatewayError, Result};
+use crate::runtime::{BackendFailure, PluginError};
+use crate::store::{Inserted, new_id};
+
+#[derive(Default)]
+pub struct EndpointFilter {
+    pub target: Option<String>,
+    pub state: Option<EndpointState>,
+    pub include_deleted: bool,
+}
+
+fn normalise(spec: &mut EndpointSpec) {
+    spec.min_replicas = spec.min_replicas.max(1);
+    if spec.max_replicas == 0 {
+        spec.max_replicas = spec.min_replicas;
+    }
+    spec.resources.nodes = spec.resources.nodes.max(1);
+}
+
+impl Gateway {
+    pub async fn deploy(
+        &self,
+        target: &str,
+        mut spec: EndpointSpec,
+        idempotency_key: Option<String>,
+    ) -> Result<Endpoint> {
+        normalise(&mut spec);
+        validate_endpoint_spec(&spec)?;
+        let t = self.resolve_target(target)?;
+        t.require(Feature::Serving)?;
+        if spec.canary_percent.is_some() {
+            t.require(Feature::Canary)?;
+        }
+        let id = new_id("e");
+        self.runtime.validate_endpoint(&t, &id, &spec).await?;
+        let now = now_ms();
+        let ep = Endpoint {
+            id,
+            tenant: DEFAULT_TENANT.into(),
+            target: t.name.clone(),
+            spec,
+            state: EndpointState::Creating,
+            message: String::new(),
+            backend_state: String::new(),
+            backend_ref: None,
+            url: None,
+            created_at: now,
+            updated_at: now,
+            sequence: 1,
+        };
+        let ep = match self.store.insert_endpoint(ep, idempotency_key.as_deref())? {
+            Inserted::Existing(e) => return Ok(e),
+            Inserted::Created(e) => e,
+        };
+        self.store.flush().await?;
+        match self.runtime.deploy_endpoint(&t, &ep.id, &ep.spec).await {
+            Ok(r) => Ok(self.store.update_endpoint(&ep.id, |e| {
+                e.backend_state = format!("deployed as {}", r.name);
+                e.backend_ref = Some(r.clone());
+                false
+            })?),
+            Err(err) => {
+                self.store.update_endpoint(&ep.id, |e| {
+                    e.transition(
+                        EndpointState::Failed,
+                        format!("deploy failed: {err}"),
+                        now_ms(),
+                    )
+                })?;
+                Err(err.into())
+            }
+        }
+    }
+
+    pub fn get_endpoint(&self, id_or_name: &str) -> Result<Endpoint> {
+        Ok(self.store.find_endpoint(DEFAULT_TENANT, id_or_name)?)
+    }
+
+    pub fn list_endpoints(
+        &self,
+        filter: &EndpointFilter,
+        page_token: Option<&str>,
+        page_size: usize,
+    ) -> Result<(Vec<Endpoint>, Option<String>)> {
+        Ok(self.store.list_endpoints(
+            |e| {
+                filter.target.as_ref().is_none_or(|t| &e.target == t)
+                    && filter.state.is_none_or(|s| e.state == s)
+                    && (filter.include_deleted
+                        || filter.state == Some(EndpointState::Deleted)
+                        || e.state != EndpointState::Deleted)
+            },
+            page_token,
+            page_size,
+        )?)
+    }
+
+    /// Rolls the endpoint to `changes` (fields left empty keep their current value).
+    pub async fn update_endpoint(
+        &self,
+        id_or_name: &str,
+        changes: EndpointSpec,
+    ) -> Result<Endpoint> {
+        let ep = self.get_endpoint(id_or_name)?;
+        if ep.state == EndpointState::Deleted {
+            return Err(GatewayError::FailedPrecondition(format!(
+                "endpoint {} is deleted",
+                ep.spec.name
+            )));
+        }
+        if !changes.name.is_empty() && changes.name != ep.spec.name {
+            return Err(GatewayError::Invalid {
+                field: "spec.name".into(),
+                reason: "an endpoint cannot be renamed; deploy a new one".into(),
+            });
+        }
+        let mut spec = ep.spec.clone();
+        if !changes.model_uri.is_empty() {
+            spec.model_uri = changes.model_uri;
+        }
+        if !changes.model_format.is_empty() {
+            spec.model_format = changes.model_format;
+        }
+        if changes.runtime.is_some() {
+            spec.runtime = changes.runtime;
+        }
+        if changes.image.is_some() {
+            spec.image = changes.image;
+        }
+        if changes.resources != Default::default() {
+            spec.resources = changes.resources;
+        }
+        if changes.min_replicas > 0 {
+            spec.min_replicas = changes.min_replicas;
+        }
+        if changes.max_replicas > 0 {
+            spec.max_replicas = changes.max_replicas;
+        }
+        spec.canary_percent = changes.canary_percent;
+        normalise(&mut spec);
+        validate_endpoint_spec(&spec)?;
+        let t = self.resolve_target(&ep.target)?;
+        t.require(Feature::ServingUpdate)?;
+        self.runtime.validate_endpoint(&t, &ep.id, &spec).await?;
+        let Some(r) = ep.backend_ref.clone() else {
+            return Err(GatewayError::FailedPrecondition(format!(
+                "endpoint {} has not reached its backend yet",
+                ep.spec.name
+            )));
+        };
+        let new_ref = self.runtime.update_endpoint(&t, &ep.id, &r, &spec).await?;
+        self.dataplane.forget(&ep.id);
+        Ok(self.store.update_endpoint(&ep.id, |e| {
+            e.spec = spec.clone();
+            e.backend_ref = Some(new_ref.clone());
+            e.url = None;
+            e.transition(EndpointState::Updating, "rolling out".into(), now_ms());
+            true
+        })?)
+    }
+
+    pub async fn delete_endpoint(&self, id_or_name: &str) -> Result<Endpoint> {
+        let ep = self.get_endpoint(id_or_name)?;
+        if ep.state == EndpointState::Deleted {
+            return Ok(ep);
+        }
+        let t = self.resolve_target(&ep.target)?;
+        if let Some(r) = &ep.backend_ref {
+            match self.runtime.delete_endpoint(&t, &ep.id, r).await {
+                Ok(())
+                | Err(PluginError::Backend {
+                    failure: BackendFailure::NotFound(_),
+                    ..
+                }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.dataplane.forget(&ep.id);
+        Ok(self.store.update_endpoint(&ep.id, |e| {
+            e.transition(EndpointState::Deleted, String::new(), now_ms())
+        })?)
+    }
+
+    pub async fn predict(&self, id_or_name: &str, req: InferRequest) -> Result<InferResponse> {
+        let ep = self.get_endpoint(id_or_name)?;
+        if !matches!(ep.state, EndpointState::Ready | EndpointState::Updating) {
+            return Err(GatewayError::FailedPrecondition(format!(
+                "endpoint {} is {}{}",
+                ep.spec.name,
+                ep.state.as_str(),
+                if ep.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", ep.message)
+                }
+            )));
+        }
+        let route = self.route(&ep).await?;
+        Ok(self.dataplane.infer(&ep.id, &route, req).await?)
+    }
+
+    async fn route(&self, ep: &Endpoint) -> Result<crate::domain::Route> {
+        let Some(r) = &ep.backend_ref else {
+            return Err(GatewayError::FailedPrecondition(format!(
+                "endpoint {} has no backend yet",
+                ep.spec.name
+            )));
+        };
+        if let Some(route) = self.dataplane.cached(&ep.id, r) {
+            return Ok(route);
+        }
+        let t = self.resolve_target(&ep.target)?;
+        let route = self.runtime.endpoint_route(&t, &ep.id, r).await?;
+        self.dataplane.remember(&ep.id, r, route.clone());
+        Ok(route)
+    }
+
+    /// One reconciliation step for a live endpoint. "Ready" from a backend is only believed
+    /// once the model server itself says the model is ready.
+    pub(crate) async fn reconcile_endpoint(&self, ep: &Endpoint) -> Result<()> {
+        let t = self.resolve_target(&ep.target)?;
+        let Some(r) = &ep.backend_ref else {
+            return Ok(());
+        };
+        let obs = match self.runtime.endpoint_status(&t, &ep.id, r).await {
+            Ok(o) => o,
+            Err(PluginError::Backend {
+                failure: BackendFailure::NotFound(m),
+                ..
+            }) => {
+                self.store.update_endpoint(&ep.id, |e| {
+                    e.transition(
+                        EndpointState::Failed,
+                        format!("the backend no longer knows this endpoint: {m}"),
+                        now_ms(),
+                    )
+                })?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut state = obs.state;
+        let mut message = obs.message.clone();
+        let mut url = None;
+        if state == EndpointState::Ready {
+            let route = self.route(ep).await?;
+            match self.dataplane.model_ready(&route).await {
+                Ok(()) => url = Some(route.url.clone()),
+                Err(why) => {
+                    state = match ep.state {
+                        // It was serving and stopped answering: say so rather than pretend.
+                        EndpointState::Ready => EndpointState::Failed,
+                        EndpointState::Updating => EndpointState::Updating,
+                        _ => EndpointState::Creating,
+                    };
+                    message = format!("waiting for the model server: {why}");
+                }
+            }
+        }
+        self.store.update_endpoint(&ep.id, |e| {
+            if e.state == EndpointState::Deleted {
+                return false;
+            }
+            if let Some(r) = &obs.updated_ref {
+                e.backend_ref = Some(r.clone());
+            }
+            e.backend_state = obs.backend_state.clone();
+            if url.is_some() {
+                e.url = url.clone();
+            }
+            e.transition(state, message.clone(), now_ms())
+        })?;
+        Ok(())
+    }
+}

@@ -1,0 +1,299 @@
+//! Training jobs: submit, read, cancel, watch and logs.
+
+use std::pin::Pin;
+
+use futures::Stream;
+
+use super::{DEFAULT_TENANT, Gateway};
+use crate::domain::{
+    Feature, Job, JobState, LogLine, TrainingSpec, now_ms, validate_training_spec,
+};
+use crate::error::{GatewayError, Result};
+use crate::runtime::{BackendFailure, PluginError, Target};
+use crate::store::{Change, Inserted, new_id};
+
+/// Lines fetched from a backend per call.
+const LOG_PAGE: u32 = 500;
+
+pub type JobStream = Pin<Box<dyn Stream<Item = Result<Job>> + Send>>;
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogItem>> + Send>>;
+
+pub struct LogItem {
+    pub line: LogLine,
+    /// Set on the last line of each page: where to resume.
+    pub cursor: String,
+}
+
+#[derive(Default)]
+pub struct JobFilter {
+    pub target: Option<String>,
+    pub state: Option<JobState>,
+}
+
+fn is_transient(e: &PluginError) -> bool {
+    matches!(
+        e,
+        PluginError::Backend {
+            failure: BackendFailure::Unavailable(_),
+            ..
+        }
+    )
+}
+
+impl Gateway {
+    pub async fn submit_job(
+        &self,
+        target: &str,
+        mut spec: TrainingSpec,
+        idempotency_key: Option<String>,
+    ) -> Result<Job> {
+        spec.resources.nodes = spec.resources.nodes.max(1);
+        validate_training_spec(&spec)?;
+        let t = self.resolve_target(target)?;
+        t.require(Feature::Training)?;
+        let id = new_id("j");
+        // Pure check first, so a spec the backend cannot run is refused and nothing is stored.
+        self.runtime.validate_training(&t, &id, &spec).await?;
+        let now = now_ms();
+        let job = Job {
+            id,
+            tenant: DEFAULT_TENANT.into(),
+            target: t.name.clone(),
+            spec,
+            state: JobState::Pending,
+            message: String::new(),
+            backend_state: String::new(),
+            backend_ref: None,
+            output_uri: None,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+            cancel_requested: false,
+            sequence: 1,
+        };
+        let job = match self.store.insert_job(job, idempotency_key.as_deref())? {
+            Inserted::Existing(j) => return Ok(j),
+            Inserted::Created(j) => j,
+        };
+        // Durable before anything runs: a crash from here on is recovered by the reconciler.
+        self.store.flush().await?;
+        self.start_job(&t, &job).await
+    }
+
+    /// Hands a recorded job to its backend. A transient failure leaves it pending for the
+    /// reconciler to retry under the same backend name; any other failure ends it.
+    pub(crate) async fn start_job(&self, t: &Target, job: &Job) -> Result<Job> {
+        match self.runtime.submit_training(t, &job.id, &job.spec).await {
+            Ok(r) => Ok(self.store.update_job(&job.id, |j| {
+                j.backend_state = format!("submitted as {}", r.name);
+                j.backend_ref = Some(r.clone());
+                false
+            })?),
+            Err(e) if is_transient(&e) => Ok(self.store.update_job(&job.id, |j| {
+                let msg = format!("waiting for the target: {e}");
+                let changed = j.message != msg;
+                if changed {
+                    j.transition(JobState::Pending, msg, now_ms());
+                }
+                changed
+            })?),
+            Err(e) => {
+                self.store.update_job(&job.id, |j| {
+                    j.transition(JobState::Failed, format!("submit failed: {e}"), now_ms());
+                    true
+                })?;
+                Err(e.into())
+            }
+        }
+    }
+
+    pub fn get_job(&self, id: &str) -> Result<Job> {
+        Ok(self.store.job(id)?)
+    }
+
+    pub fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        page_token: Option<&str>,
+        page_size: usize,
+    ) -> Result<(Vec<Job>, Option<String>)> {
+        if let Some(t) = &filter.target
+            && self.runtime.target(t).is_none()
+        {
+            return Err(GatewayError::NotFound(format!("target {t}")));
+        }
+        Ok(self.store.list_jobs(
+            |j| {
+                filter.target.as_ref().is_none_or(|t| &j.target == t)
+                    && filter.state.is_none_or(|s| j.state == s)
+            },
+            page_token,
+            page_size,
+        )?)
+    }
+
+    pub async fn cancel_job(&self, id: &str) -> Result<Job> {
+        let job = self.store.job(id)?;
+        match job.state {
+            JobState::Cancelled => return Ok(job),
+            s if s.is_terminal() => {
+                return Err(GatewayError::FailedPrecondition(format!(
+                    "job {id} already ended: {}",
+                    s.as_str()
+                )));
+            }
+            _ => {}
+        }
+        let t = self.resolve_target(&job.target)?;
+        t.require(Feature::TrainingCancel)?;
+        let job = self.store.update_job(id, |j| {
+            j.cancel_requested = true;
+            false
+        })?;
+        match &job.backend_ref {
+            // Never reached the backend: nothing to stop.
+            None => Ok(self.store.update_job(id, |j| {
+                j.transition(
+                    JobState::Cancelled,
+                    "cancelled before it started".into(),
+                    now_ms(),
+                );
+                true
+            })?),
+            Some(r) => {
+                self.runtime.cancel_training(&t, id, r).await?;
+                Ok(self.store.job(id)?)
+            }
+        }
+    }
+
+    /// The job as it is now, then each recorded change until it ends.
+    pub fn watch_job(&self, id: &str) -> Result<JobStream> {
+        let mut changes = self.store.subscribe();
+        let first = self.store.job(id)?;
+        let store = self.store.clone();
+        let id = id.to_string();
+        Ok(Box::pin(async_stream::try_stream! {
+            let mut seen = first.sequence;
+            let done = first.state.is_terminal();
+            yield first;
+            if done {
+                return;
+            }
+            loop {
+                let next = match changes.recv().await {
+                    Ok(Change::Job(j)) if j.id == id => vec![*j],
+                    Ok(_) => continue,
+                    // Fell behind the broadcast: the event log has every change.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        store.job_events(&id, seen)?
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                for j in next {
+                    if j.sequence <= seen {
+                        continue;
+                    }
+                    seen = j.sequence;
+                    let done = j.state.is_terminal();
+                    yield j;
+                    if done {
+                        return;
+                    }
+                }
+            }
+        }))
+    }
+
+    /// Pages of log lines from the backend; with `follow`, keeps polling until the backend
+    /// says the log is complete.
+    pub fn job_logs(
+        self: &std::sync::Arc<Self>,
+        id: &str,
+        follow: bool,
+        cursor: Option<String>,
+    ) -> Result<LogStream> {
+        let job = self.store.job(id)?;
+        let t = self.resolve_target(&job.target)?;
+        t.require(Feature::TrainingLogs)?;
+        let gw = self.clone();
+        let id = id.to_string();
+        Ok(Box::pin(async_stream::try_stream! {
+            let mut cursor = cursor;
+            loop {
+                let job = gw.store.job(&id)?;
+                let Some(r) = job.backend_ref.clone() else {
+                    if job.state.is_terminal() || !follow {
+                        return;
+                    }
+                    tokio::time::sleep(gw.log_poll).await;
+                    continue;
+                };
+                let page = gw
+                    .runtime
+                    .training_logs(&t, &id, &r, cursor.as_deref(), LOG_PAGE)
+                    .await?;
+                let n = page.lines.len();
+                for (i, line) in page.lines.into_iter().enumerate() {
+                    let cursor = if i + 1 == n { page.next_cursor.clone() } else { String::new() };
+                    yield LogItem { line, cursor };
+                }
+                cursor = Some(page.next_cursor);
+                if page.complete || (!follow && n < LOG_PAGE as usize) {
+                    return;
+                }
+                if n == 0 {
+                    tokio::time::sleep(gw.log_poll).await;
+                }
+            }
+        }))
+    }
+
+    /// One reconciliation step for a live job: submit it if it never reached its backend,
+    /// otherwise fold in the backend's status.
+    pub(crate) async fn reconcile_job(&self, job: &Job) -> Result<()> {
+        let t = self.resolve_target(&job.target)?;
+        let Some(r) = &job.backend_ref else {
+            if job.cancel_requested {
+                self.store.update_job(&job.id, |j| {
+                    j.transition(
+                        JobState::Cancelled,
+                        "cancelled before it started".into(),
+                        now_ms(),
+                    );
+                    true
+                })?;
+                return Ok(());
+            }
+            self.start_job(&t, job).await?;
+            return Ok(());
+        };
+        match self.runtime.training_status(&t, &job.id, r).await {
+            Ok(obs) => {
+                self.store.update_job(&job.id, |j| {
+                    // A cancel or finish recorded meanwhile wins over a stale observation.
+                    if j.state.is_terminal() {
+                        return false;
+                    }
+                    j.observe(obs.clone(), now_ms())
+                })?;
+                Ok(())
+            }
+            Err(PluginError::Backend {
+                failure: BackendFailure::NotFound(m),
+                ..
+            }) => {
+                self.store.update_job(&job.id, |j| {
+                    j.transition(
+                        JobState::Failed,
+                        format!("the backend no longer knows this job: {m}"),
+                        now_ms(),
+                    );
+                    true
+                })?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The WIT contract as Rust, and the one place WIT types and domain types meet.
+
+use crate::domain;
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "mlgw:backend/backend",
+    imports: { default: async | trappable },
+    exports: { default: async },
+});
+
+pub use self::exports::mlgw::backend::{serving, training};
+pub use self::mlgw::backend::types as wit;
+
+pub fn resources_to_wit(r: &domain::Resources) -> wit::Resources {
+    wit::Resources {
+        cpu: r.cpu.clone(),
+        memory: r.memory.clone(),
+        gpus: r.gpus,
+        gpu_type: r.gpu_type.clone(),
+        instance_type: r.instance_type.clone(),
+        nodes: r.nodes.max(1),
+    }
+}
+
+fn kvs(m: &std::collections::BTreeMap<String, String>) -> Vec<wit::KeyValue> {
+    m.iter()
+        .map(|(k, v)| wit::KeyValue {
+            key: k.clone(),
+            value: v.clone(),
+        })
+        .collect()
+}
+
+pub fn training_spec_to_wit(s: &domain::TrainingSpec) -> wit::TrainingSpec {
+    wit::TrainingSpec {
+        name: s.name.clone(),
+        image: s.image.clone(),
+        command: s.command.clone(),
+        args: s.args.clone(),
+        env: kvs(&s.env),
+        hyperparameters: kvs(&s.hyperparameters),
+        inputs: s
+            .inputs
+            .iter()
+            .map(|i| wit::InputChannel {
+                name: i.name.clone(),
+                uri: i.uri.clone(),
+            })
+            .collect(),
+        output_uri: s.output_uri.clone(),
+        resources: resources_to_wit(&s.resources),
+        max_runtime_seconds: s.max_runtime_seconds,
+        framework: s.framework.clone(),
+    }
+}
+
+pub fn endpoint_spec_to_wit(s: &domain::EndpointSpec) -> wit::EndpointSpec {
+    wit::EndpointSpec {
+        name: s.name.clone(),
+        model_uri: s.model_uri.clone(),
+        model_format: s.model_format.clone(),
+        runtime: s.runtime.clone(),
+        image: s.image.clone(),
+        resources: resources_to_wit(&s.resources),
+        min_replicas: s.min_replicas,
+        max_replicas: s.max_replicas,
+        canary_percent: s.canary_percent,
+    }
+}
+
+pub fn ref_to_wit(r: &domain::BackendRef) -> wit::BackendRef {
+    wit::BackendRef {
+        name: r.name.clone(),
+        data: r.data.clone(),
+    }
+}
+
+pub fn ref_from_wit(r: wit::BackendRef) -> domain::BackendRef {
+    domain::BackendRef {
+        name: r.name,
+        data: r.data,
+    }
+}
+
+pub fn job_status_from_wit(s: wit::JobStatus) -> domain::JobObservation {
+    let (state, reason) = match s.state {
+        wit::JobState::Pending => (domain::JobState::Pending, None),
+        wit::JobState::Running => (domain::JobState::Running, None),
+        wit::JobState::Succeeded => (domain::JobState::Succeeded, None),
+        wit::JobState::Failed(r) => (domain::JobState::Failed, Some(r)),
+        wit::JobState::Cancelled => (domain::JobState::Cancelled, None),
+    };
+    domain::JobObservation {
+        state,
+        message: reason.or(s.message).unwrap_or_default(),
+        backend_state: s.raw_state,
+        output_uri: s.output_uri,
+        updated_ref: s.updated_ref.map(ref_from_wit),
+    }
+}
+
+pub struct EndpointObservation {
+    pub state: domain::EndpointState,
+    pub message: String,
+    pub backend_state: String,
+    pub updated_ref: Option<domain::BackendRef>,
+}
+
+pub fn endpoint_status_from_wit(s: wit::EndpointStatus) -> EndpointObservation {
+    let (state, reason) = match s.state {
+        wit::EndpointState::Creating => (domain::EndpointState::Creating, None),
+        wit::EndpointState::Ready => (domain::EndpointState::Ready, None),
+        wit::EndpointState::Updating => (domain::EndpointState::Updating, None),
+        wit::EndpointState::Failed(r) => (domain::EndpointState::Failed, Some(r)),
+        wit::EndpointState::Deleted => (domain::EndpointState::Deleted, None),
+    };
+    EndpointObservation {
+        state,
+        message: reason.or(s.message).unwrap_or_default(),
+        backend_state: s.raw_state,
+        updated_ref: s.updated_ref.map(ref_from_wit),
+    }
+}
+
+pub fn log_page_from_wit(p: wit::LogPage) -> domain::LogPage {
+    domain::LogPage {
+        lines: p
+            .lines
+            .into_iter()
+            .map(|l| domain::LogLine {
+                timestamp_ms: l.timestamp_ms,
+                source: l.source,
+                text: l.text,
+            })
+            .collect(),
+        next_cursor: p.next_cursor,
+        complete: p.complete,
+    }
+}
+
+pub fn route_from_wit(r: wit::Route) -> domain::Route {
+    domain::Route {
+        url: r.url,
+        protocol: match r.protocol {
+            wit::Protocol::OipV2 => domain::Protocol::OipV2,
+            wit::Protocol::SagemakerRuntime => domain::Protocol::SagemakerRuntime,
+        },
+        model_name: r.model_name,
+        headers: r.headers.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+    }
+}
+
+pub fn info_from_wit(i: wit::BackendInfo) -> domain::PluginInfo {
+    use domain::Feature as F;
+    use wit::Features as W;
+    let table = [
+        (W::TRAINING, F::Training),
+        (W::TRAINING_LOGS, F::TrainingLogs),
+        (W::TRAINING_CANCEL, F::TrainingCancel),
+        (W::SERVING, F::Serving),
+        (W::SERVING_UPDATE, F::ServingUpdate),
+        (W::CANARY, F::Canary),
+        (W::TUNING, F::Tuning),
+        (W::BATCH, F::Batch),
+    ];
+    domain::PluginInfo {
+        name: i.name,
+        version: i.version,
+        description: i.description,
+        features: table
+            .into_iter()
+            .filter(|(w, _)| i.features.contains(*w))
+            .map(|(_, f)| f)
+            .collect(),
+    }
+}

@@ -1,0 +1,648 @@
+//! Runs plugins: one wasmtime Engine, one `InstancePre` per plugin, a fresh Store per call.
+//! Every call gets a deadline (epoch interruption, yielding every tick so a spinning plugin
+//! never hogs a runtime thread, plus an outer timeout that also covers host calls), a linear
+//! memory cap, and a permit from a semaphore sized to the pooling allocator.
+
+pub mod bindings;
+mod cache;
+mod state;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, SemaphorePermit};
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config as EngineConfig, Engine, PoolingAllocationConfig, Store, UpdateDeadline};
+
+use crate::capabilities::process::ProcessCapability;
+use crate::config::{Config, Limits};
+use crate::domain::{self, Feature, PluginInfo};
+use bindings::{Backend, BackendPre, wit};
+pub use state::HostState;
+
+/// How a plugin call went wrong, in the runtime's terms.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("target {target}: {failure}")]
+    Backend {
+        target: String,
+        failure: BackendFailure,
+    },
+    #[error("target {target}: plugin trapped: {message}")]
+    Trap { target: String, message: String },
+    #[error("target {target}: plugin call exceeded its {limit_ms} ms deadline")]
+    Deadline { target: String, limit_ms: u64 },
+    #[error("target {target}: plugin exceeded its memory cap of {limit_mib} MiB")]
+    MemoryExhausted { target: String, limit_mib: u64 },
+    #[error("target {target}: {feature} is not supported by plugin {plugin}")]
+    Unsupported {
+        target: String,
+        plugin: String,
+        feature: &'static str,
+    },
+    #[error("plugin {plugin}: {message}")]
+    Load { plugin: String, message: String },
+}
+
+/// A backend's own error, as the WIT contract defines it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendFailure {
+    #[error("{field}: {reason}")]
+    InvalidSpec { field: String, reason: String },
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("capability {capability} denied: {reason}")]
+    Denied { capability: String, reason: String },
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<wit::BackendError> for BackendFailure {
+    fn from(e: wit::BackendError) -> Self {
+        match e {
+            wit::BackendError::InvalidSpec(f) => Self::InvalidSpec {
+                field: f.field,
+                reason: f.reason,
+            },
+            wit::BackendError::NotFound(m) => Self::NotFound(m),
+            wit::BackendError::Denied(d) => Self::Denied {
+                capability: d.capability,
+                reason: d.reason,
+            },
+            wit::BackendError::Unavailable(m) => Self::Unavailable(m),
+            wit::BackendError::Conflict(m) => Self::Conflict(m),
+            wit::BackendError::Unsupported(m) => Self::Unsupported(m),
+            wit::BackendError::Internal(m) => Self::Internal(m),
+        }
+    }
+}
+
+pub struct Plugin {
+    pub name: String,
+    pub digest: String,
+    pub info: PluginInfo,
+    pre: BackendPre<HostState>,
+}
+
+/// A configured target: a plugin, the operator's settings for it and its grants.
+pub struct Target {
+    pub name: String,
+    pub is_default: bool,
+    pub plugin: Arc<Plugin>,
+    /// The `[targets.X.settings]` table as a JSON object.
+    pub settings: String,
+    pub grants: Vec<String>,
+    pub process: Option<Arc<ProcessCapability>>,
+}
+
+impl Target {
+    pub fn supports(&self, f: Feature) -> bool {
+        self.plugin.info.features.contains(&f)
+    }
+
+    pub fn require(&self, f: Feature) -> Result<(), PluginError> {
+        if self.supports(f) {
+            Ok(())
+        } else {
+            Err(PluginError::Unsupported {
+                target: self.name.clone(),
+                plugin: self.plugin.name.clone(),
+                feature: f.as_str(),
+            })
+        }
+    }
+}
+
+pub struct Runtime {
+    engine: Engine,
+    limits: Limits,
+    permits: Semaphore,
+    targets: BTreeMap<String, Arc<Target>>,
+    default_target: Option<String>,
+}
+
+/// One plugin call in flight: its Store, its instance and the permit that admitted it.
+struct Call<'r> {
+    store: Store<HostState>,
+    backend: Backend,
+    ctx: wit::CallContext,
+    deadline: Instant,
+    target: &'r Target,
+    limits: &'r Limits,
+    _permit: SemaphorePermit<'r>,
+}
+
+fn engine(limits: &Limits) -> wasmtime::Result<Engine> {
+    let mut cfg = EngineConfig::new();
+    cfg.epoch_interruption(true);
+    let mut pool = PoolingAllocationConfig::default();
+    let n = limits.max_concurrent_calls;
+    // Each call is one component instance; a wasm32-wasip2 component carries a handful of
+    // core instances (the program, the WASI adapter, shims).
+    pool.total_component_instances(n)
+        .total_core_instances(n * 16)
+        .max_core_instances_per_component(16)
+        .total_memories(n * 2)
+        .max_memories_per_component(2)
+        .total_tables(n * 8)
+        .max_tables_per_component(8)
+        .total_stacks(n)
+        // Headroom over the cap so the limiter, not the pool, refuses growth and the
+        // failure is reported as the cap.
+        .max_memory_size(((limits.memory_mib + 16) << 20) as usize);
+    cfg.allocation_strategy(pool);
+    cfg.memory_reservation(1 << 32);
+    Engine::new(&cfg)
+}
+
+impl Runtime {
+    /// Compiles (or loads from the cache) every plugin the config names, asks each to
+    /// describe itself, and binds targets to their grants.
+    pub async fn load(config: &Config, store: &crate::store::Store) -> anyhow::Result<Self> {
+        let engine = engine(&config.limits).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        start_epoch_ticker(&engine);
+        let mut linker: Linker<HostState> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Backend::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+
+        let cache_dir = config.data_dir.join("compiled");
+        std::fs::create_dir_all(&cache_dir)?;
+        let mut runtime = Runtime {
+            permits: Semaphore::new(config.limits.max_concurrent_calls as usize),
+            limits: config.limits.clone(),
+            engine: engine.clone(),
+            targets: BTreeMap::new(),
+            default_target: config.default_target().map(String::from),
+        };
+
+        let mut plugins: BTreeMap<String, Arc<Plugin>> = BTreeMap::new();
+        for t in config.targets.values() {
+            if plugins.contains_key(&t.plugin) {
+                continue;
+            }
+            let bytes: std::borrow::Cow<'static, [u8]> = match config.plugins.get(&t.plugin) {
+                Some(path) => std::fs::read(path)
+                    .map_err(|e| {
+                        anyhow::anyhow!("plugin {}: reading {}: {e}", t.plugin, path.display())
+                    })?
+                    .into(),
+                None => mlgw_plugin_artifacts::bundled()
+                    .iter()
+                    .find(|(n, _)| *n == t.plugin)
+                    .map(|(_, b)| std::borrow::Cow::Borrowed(*b))
+                    .ok_or_else(|| anyhow::anyhow!("plugin {} is not bundled", t.plugin))?,
+            };
+            let plugin = runtime
+                .load_plugin(&linker, &cache_dir, &t.plugin, &bytes)
+                .await?;
+            plugins.insert(t.plugin.clone(), Arc::new(plugin));
+        }
+
+        for (name, t) in &config.targets {
+            let process = match &t.grants.process {
+                Some(g) => Some(Arc::new(ProcessCapability::new(
+                    name,
+                    &config.process_root(name, g),
+                    g,
+                    store.tree(&format!("processes/{name}"))?,
+                )?)),
+                None => None,
+            };
+            let settings = serde_json::to_string(&t.settings)?;
+            runtime.targets.insert(
+                name.clone(),
+                Arc::new(Target {
+                    name: name.clone(),
+                    is_default: runtime.default_target.as_deref() == Some(name),
+                    plugin: plugins[&t.plugin].clone(),
+                    settings,
+                    grants: t.grants.names(),
+                    process,
+                }),
+            );
+        }
+        Ok(runtime)
+    }
+
+    async fn load_plugin(
+        &self,
+        linker: &Linker<HostState>,
+        cache_dir: &Path,
+        name: &str,
+        bytes: &[u8],
+    ) -> anyhow::Result<Plugin> {
+        let (component, digest) = cache::load_component(&self.engine, cache_dir, bytes)
+            .map_err(|e| anyhow::anyhow!("plugin {name}: {e:?}"))?;
+        let pre = linker.instantiate_pre(&component).map_err(|e| {
+            anyhow::anyhow!("plugin {name} does not fit the mlgw:backend world: {e:?}")
+        })?;
+        let pre = BackendPre::new(pre).map_err(|e| anyhow::anyhow!("plugin {name}: {e:?}"))?;
+        let probe = Target {
+            name: format!("<{name}>"),
+            is_default: false,
+            plugin: Arc::new(Plugin {
+                name: name.into(),
+                digest: digest.clone(),
+                info: PluginInfo {
+                    name: name.into(),
+                    version: String::new(),
+                    description: String::new(),
+                    features: vec![],
+                },
+                pre: pre.clone(),
+            }),
+            settings: "{}".into(),
+            grants: vec![],
+            process: None,
+        };
+        let mut call = self.start(&probe, "").await?;
+        let res = tokio::time::timeout(
+            call.remaining(),
+            call.backend
+                .mlgw_backend_plugin()
+                .call_describe(&mut call.store),
+        )
+        .await;
+        let info = bindings::info_from_wit(call.finish(res)?);
+        tracing::info!(plugin = name, version = %info.version, digest = %&digest[..12], "loaded plugin");
+        Ok(Plugin {
+            name: name.into(),
+            digest,
+            info,
+            pre,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
+        self.targets.values()
+    }
+
+    pub fn target(&self, name: &str) -> Option<&Arc<Target>> {
+        self.targets.get(name)
+    }
+
+    pub fn default_target(&self) -> Option<&str> {
+        self.default_target.as_deref()
+    }
+
+    /// Admits a call, builds its Store and instantiates the plugin in it.
+    async fn start<'r>(
+        &'r self,
+        target: &'r Target,
+        resource_id: &str,
+    ) -> Result<Call<'r>, PluginError> {
+        let deadline = Instant::now() + Duration::from_millis(self.limits.call_timeout_ms);
+        let permit = tokio::time::timeout_at(deadline.into(), self.permits.acquire())
+            .await
+            .map_err(|_| PluginError::Deadline {
+                target: target.name.clone(),
+                limit_ms: self.limits.call_timeout_ms,
+            })?
+            .expect("the permit semaphore is never closed");
+        let state = HostState::new(
+            &target.name,
+            target.process.clone(),
+            (self.limits.memory_mib as usize) << 20,
+        )
+        .map_err(|e| PluginError::Trap {
+            target: target.name.clone(),
+            message: format!("setting up the sandbox: {e:?}"),
+        })?;
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| s.limiter());
+        // Yield to the executor every tick so a spinning plugin shares the thread; interrupt
+        // at the deadline.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        let ctx = wit::CallContext {
+            tenant: "default".into(),
+            target: target.name.clone(),
+            resource_id: resource_id.into(),
+            backend_name: domain::backend_name(resource_id),
+            settings: target.settings.clone(),
+        };
+        let inst = tokio::time::timeout_at(
+            deadline.into(),
+            target.plugin.pre.instantiate_async(&mut store),
+        )
+        .await;
+        let backend = classify(&store, target, &self.limits, inst)?;
+        Ok(Call {
+            store,
+            backend,
+            ctx,
+            deadline,
+            target,
+            limits: &self.limits,
+            _permit: permit,
+        })
+    }
+}
+
+/// Turns a call's outcome into a `PluginError` that says what went wrong and where.
+fn classify<R>(
+    store: &Store<HostState>,
+    target: &Target,
+    limits: &Limits,
+    res: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>,
+) -> Result<R, PluginError> {
+    let target = target.name.clone();
+    let err = match res {
+        Ok(Ok(v)) => return Ok(v),
+        Ok(Err(e)) => e,
+        Err(_) => {
+            return Err(PluginError::Deadline {
+                target,
+                limit_ms: limits.call_timeout_ms,
+            });
+        }
+    };
+    if store.data().memory_exceeded() {
+        return Err(PluginError::MemoryExhausted {
+            target,
+            limit_mib: limits.memory_mib,
+        });
+    }
+    if matches!(
+        err.downcast_ref::<wasmtime::Trap>(),
+        Some(wasmtime::Trap::Interrupt)
+    ) {
+        return Err(PluginError::Deadline {
+            target,
+            limit_ms: limits.call_timeout_ms,
+        });
+    }
+    let mut message = format!("{err}");
+    for cause in err.chain().skip(1) {
+        message = format!("{message}: {cause}");
+    }
+    let stderr = store.data().stderr_tail();
+    if !stderr.is_empty() {
+        message = format!("{message}; plugin stderr: {stderr}");
+    }
+    Err(PluginError::Trap { target, message })
+}
+
+impl Call<'_> {
+    fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    fn finish<R>(
+        self,
+        res: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>,
+    ) -> Result<R, PluginError> {
+        classify(&self.store, self.target, self.limits, res)
+    }
+
+    fn finish_backend<R>(
+        self,
+        res: Result<wasmtime::Result<Result<R, wit::BackendError>>, tokio::time::error::Elapsed>,
+    ) -> Result<R, PluginError> {
+        let target = self.target.name.clone();
+        self.finish(res)?.map_err(|e| PluginError::Backend {
+            target,
+            failure: e.into(),
+        })
+    }
+}
+
+/// Each operation is one WIT call on a fresh instance.
+impl Runtime {
+    pub async fn validate_training(
+        &self,
+        t: &Target,
+        id: &str,
+        spec: &domain::TrainingSpec,
+    ) -> Result<(), PluginError> {
+        t.require(Feature::Training)?;
+        let mut c = self.start(t, id).await?;
+        let spec = bindings::training_spec_to_wit(spec);
+        let f = c.backend.mlgw_backend_training();
+        let res = tokio::time::timeout(
+            c.remaining(),
+            f.call_validate_training(&mut c.store, &c.ctx, &spec),
+        )
+        .await;
+        c.finish_backend(res)
+    }
+
+    pub async fn submit_training(
+        &self,
+        t: &Target,
+        id: &str,
+        spec: &domain::TrainingSpec,
+    ) -> Result<domain::BackendRef, PluginError> {
+        t.require(Feature::Training)?;
+        let mut c = self.start(t, id).await?;
+        let spec = bindings::training_spec_to_wit(spec);
+        let f = c.backend.mlgw_backend_training();
+        let res = tokio::time::timeout(
+            c.remaining(),
+            f.call_submit_training(&mut c.store, &c.ctx, &spec),
+        )
+        .await;
+        c.finish_backend(res).map(bindings::ref_from_wit)
+    }
+
+    pub async fn training_status(
+        &self,
+        t: &Target,
+        id: &str,
+        r: &domain::BackendRef,
+    ) -> Result<domain::JobObservation, PluginError> {
+        let mut c = self.start(t, id).await?;
+        let r = bindings::ref_to_wit(r);
+        let f = c.backend.mlgw_backend_training();
+        let res = tokio::time::timeout(
+            c.remaining(),
+            f.call_training_status(&mut c.store, &c.ctx, &r),
+        )
+        .await;
+        c.finish_backend(res).map(bindings::job_status_from_wit)
+    }
+
+    pub async fn cancel_training(
+        &self,
+        t: &Target,
+        id: &str,
+        r: &domain::BackendRef,
+    ) -> Result<(), PluginError> {
+        t.require(Feature::TrainingCancel)?;
+        let mut c = self.start(t, id).await?;
+        let r = bindings::ref_to_wit(r);
+        let f = c.backend.mlgw_backend_training();
+        let res = tokio::time::timeout(
+            c.remaining(),
+            f.call_cancel_training(&mut c.store, &c.ctx, &r),
+        )
+        .await;
+        c.finish_backend(res)
+    }
+
+    pub async fn training_logs(
+        &self,
+        t: &Target,
+        id: &str,
+        r: &domain::BackendRef,
+        cursor: Option<&str>,
+        max_lines: u32,
+    ) -> Result<domain::LogPage, PluginError> {
+        t.require(Feature::TrainingLogs)?;
+        let mut c = self.start(t, id).await?;
+        let r = bindings::ref_to_wit(r);
+        let f = c.backend.mlgw_backend_training();
+        let res = tokio::time::timeout(
+            c.remaining(),
+            f.call_training_logs(&mut c.store, &c.ctx, &r, cursor, max_lines),
+        )
+        .await;
+        c.finish_backend(res).map(bindings::log_page_from_wit)
+    }
+
+    pub async fn validate_endpoint(
+        &self,
+        t: &Target,
+        id: &str,
+        spec: &domain::EndpointSpec,
+    ) -> Result<(), PluginError> {
+        t.require(Feature::Serving)?;
+        let mut c = self.start(t, id).await?;
+        let spec = bindings::endpoint_spec_to_wit(spec);
+        let f = c.backend.mlgw_backend_serving();
+        let res = tokio::time::timeout(
+            c.remaining(),
+            f.call_validate_endpoint(&mut c.store, &c.ctx, &spec),
+        )
+        .await;
+        c.finish_backend(res)
+    }
+
+    pub async fn deploy_endpoint(
+        &self,
+        t: &Target,
+        id: &str,
+        spec: &domain::EndpointSpec,
+    ) -> Result<domain::BackendRef, PluginError> {
+        t.require(Feature::Serving)?;
+        let mut c = self.start(t, id).await?;
+        let spec = bindings::endpoint_spec_to_wit(spec);
+        let f = c.backend.mlgw_backend_serving();
+        let res = tokio::time::timeout(
+            c.remaining(),
+            f.call_deploy_endpoint(&mut c.store, &c.ctx, &spec),
+        )
+        .await;
+        c.finish_backend(res).map(bindings::ref_from_wit)
+    }
+
+    pub async fn endpoint_status(
+        &self,
+        t: &Target,
+        id: &str,
+        r: &domain::BackendRef,
+    ) -> Result<bindings::EndpointObservation, PluginError> {
+        let mut c = self.start(t, id).await?;
+        let r = bindings::ref_to_wit(r);
+        let f = c.backend.mlgw_backend_serving();
+        let res = tokio::time::timeout(
+            c.remaining(),
+            f.call_describe_endpoint(&mut c.store, &c.ctx, &r),
+        )
+        .await;
+        c.finish_backend(res)
+            .map(bindings::endpoint_status_from_wit)
+    }
+
+    pub async fn update_endpoint(
+        &self,
+        t: &Target,
+        id: &str,
+        r: &domain::BackendRef,
+        spec: &domain::EndpointSpec,
+    ) -> Result<domain::BackendRef, PluginError> {
+        t.require(Feature::ServingUpdate)?;
+        if spec.canary_percent.is_some() {
+            t.require(Feature::Canary)?;
+        }
+        let mut c = self.start(t, id).await?;
+        let r = bindings::ref_to_wit(r);
+        let spec = bindings::endpoint_spec_to_wit(spec);
+        let f = c.backend.mlgw_backend_serving();
+        let res = tokio::time::timeout(
+            c.remaining(),
+            f.call_update_endpoint(&mut c.store, &c.ctx, &r, &spec),
+        )
+        .await;
+        c.finish_backend(res).map(bindings::ref_from_wit)
+    }
+
+    pub async fn delete_endpoint(
+        &self,
+        t: &Target,
+        id: &str,
+        r: &domain::BackendRef,
+    ) -> Result<(), PluginError> {
+        let mut c = self.start(t, id).await?;
+        let r = bindings::ref_to_wit(r);
+        let f = c.backend.mlgw_backend_serving();
+        let res = tokio::time::timeout(
+            c.remaining(),
+            f.call_delete_endpoint(&mut c.store, &c.ctx, &r),
+        )
+        .await;
+        c.finish_backend(res)
+    }
+
+    pub async fn endpoint_route(
+        &self,
+        t: &Target,
+        id: &str,
+        r: &domain::BackendRef,
+    ) -> Result<domain::Route, PluginError> {
+        let mut c = self.start(t, id).await?;
+        let r = bindings::ref_to_wit(r);
+        let f = c.backend.mlgw_backend_serving();
+        let res = tokio::time::timeout(
+            c.remaining(),
+            f.call_endpoint_route(&mut c.store, &c.ctx, &r),
+        )
+        .await;
+        c.finish_backend(res).map(bindings::route_from_wit)
+    }
+}
+
+/// One ticker for the whole engine; stores measure their deadlines against it.
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("mlgw-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+        .expect("spawning the epoch ticker thread");
+}

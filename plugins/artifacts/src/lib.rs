@@ -1,0 +1,37 @@
+//! The wasm components built from this workspace, fresh on every build.
+//!
+//! The build script compiles `plugins/local` and the test fixtures for wasm32-wasip2 with a
+//! nested cargo (release profile) and places the components in OUT_DIR. Bundled plugins are
+//! embedded; fixtures are only referenced by path so they never ship inside the gateway.
+
+/// The `local` target's plugin component.
+pub const LOCAL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/local.wasm"));
+
+/// Absolute path of the misbehaving test plugin (`tests/fixtures/plugins/hostile`); load it
+/// from disk in tests.
+pub const HOSTILE_PATH: &str = concat!(env!("OUT_DIR"), "/hostile.wasm");
+
+/// The plugins built into the gateway, by the name a target's `plugin` setting uses.
+pub fn bundled() -> &'static [(&'static str, &'static [u8])] {
+    &[("local", LOCAL)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_component(bytes: &[u8]) -> bool {
+        bytes.starts_with(b"\0asm") && bytes.get(6..8) == Some(&[0x01, 0x00])
+    }
+
+    #[test]
+    fn bundles_components() {
+        assert!(is_component(LOCAL));
+        assert_eq!(
+            bundled().iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            ["local"]
+        );
+        let hostile = std::fs::read(HOSTILE_PATH).unwrap();
+        assert!(is_component(&hostile));
+    }
+}

@@ -1,0 +1,203 @@
+//! The environment a training process sees. The same script should run here and on SageMaker
+//! unchanged, so it gets both the MLGW_* names and SageMaker's SM_* names.
+
+use mlgw_plugin_sdk::{KeyValue, TrainingSpec, strip_file_uri};
+
+/// POSIX shells only accept these as variable names; anything else is unreachable from a
+/// script, so it is better refused up front.
+pub fn is_valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    match chars.next() {
+        Some(c) if c.is_ascii_alphabetic() || c == '_' => {}
+        _ => return false,
+    }
+    chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `learning-rate` → `LEARNING_RATE`: the suffix of a generated variable name.
+pub fn env_suffix(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The hyperparameters as a JSON object of strings (hyperparameters.json and SM_HPS).
+pub fn hyperparameters_json(spec: &TrainingSpec) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = spec
+        .hyperparameters
+        .iter()
+        .map(|kv| (kv.key.clone(), serde_json::Value::String(kv.value.clone())))
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
+/// Host paths the environment points at.
+pub struct JobPaths<'a> {
+    pub job_id: &'a str,
+    pub output_dir: &'a str,
+    pub hyperparameters_file: &'a str,
+}
+
+/// spec.env first, then the generated variables; a generated name overrides a user-supplied
+/// one, because the job's output location must be the one the gateway reports.
+pub fn training_env(spec: &TrainingSpec, paths: &JobPaths) -> Vec<KeyValue> {
+    let mut env = Env::default();
+    for kv in &spec.env {
+        env.set(&kv.key, &kv.value);
+    }
+    env.set("MLGW_JOB_ID", paths.job_id);
+    env.set("MLGW_OUTPUT_DIR", paths.output_dir);
+    env.set("MLGW_HYPERPARAMETERS", paths.hyperparameters_file);
+    for kv in &spec.hyperparameters {
+        env.set(&format!("MLGW_HP_{}", env_suffix(&kv.key)), &kv.value);
+    }
+    for input in &spec.inputs {
+        let path = strip_file_uri(&input.uri);
+        env.set(&format!("MLGW_INPUT_{}", env_suffix(&input.name)), path);
+        env.set(&format!("SM_CHANNEL_{}", env_suffix(&input.name)), path);
+    }
+    env.set("SM_MODEL_DIR", paths.output_dir);
+    env.set("SM_OUTPUT_DATA_DIR", paths.output_dir);
+    env.set("SM_HPS", &hyperparameters_json(spec));
+    let channels: Vec<&str> = spec.inputs.iter().map(|i| i.name.as_str()).collect();
+    env.set(
+        "SM_CHANNELS",
+        &serde_json::to_string(&channels).unwrap_or_default(),
+    );
+    env.0
+}
+
+/// An ordered variable list where setting a name again replaces its value in place.
+#[derive(Default)]
+struct Env(Vec<KeyValue>);
+
+impl Env {
+    fn set(&mut self, key: &str, value: &str) {
+        match self.0.iter_mut().find(|kv| kv.key == key) {
+            Some(kv) => kv.value = value.to_string(),
+            None => self.0.push(KeyValue {
+                key: key.to_string(),
+                value: value.to_string(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlgw_plugin_sdk::{InputChannel, Resources};
+
+    fn spec() -> TrainingSpec {
+        TrainingSpec {
+            name: "t".into(),
+            image: None,
+            command: vec!["python".into()],
+            args: vec![],
+            env: vec![
+                KeyValue {
+                    key: "USER_VAR".into(),
+                    value: "1".into(),
+                },
+                KeyValue {
+                    key: "MLGW_OUTPUT_DIR".into(),
+                    value: "/elsewhere".into(),
+                },
+            ],
+            hyperparameters: vec![
+                KeyValue {
+                    key: "learning-rate".into(),
+                    value: "0.1".into(),
+                },
+                KeyValue {
+                    key: "epochs".into(),
+                    value: "3".into(),
+                },
+            ],
+            inputs: vec![
+                InputChannel {
+                    name: "train".into(),
+                    uri: "file:///data/train".into(),
+                },
+                InputChannel {
+                    name: "val.set".into(),
+                    uri: "s3://b/val".into(),
+                },
+            ],
+            output_uri: None,
+            resources: Resources {
+                cpu: None,
+                memory: None,
+                gpus: 0,
+                gpu_type: None,
+                instance_type: None,
+                nodes: 1,
+            },
+            max_runtime_seconds: None,
+            framework: None,
+        }
+    }
+
+    fn get<'a>(env: &'a [KeyValue], key: &str) -> Option<&'a str> {
+        env.iter()
+            .find(|kv| kv.key == key)
+            .map(|kv| kv.value.as_str())
+    }
+
+    #[test]
+    fn env_names() {
+        assert!(is_valid_env_name("PATH"));
+        assert!(is_valid_env_name("_x1"));
+        assert!(!is_valid_env_name(""));
+        assert!(!is_valid_env_name("1X"));
+        assert!(!is_valid_env_name("A-B"));
+        assert!(!is_valid_env_name("A=B"));
+        assert!(!is_valid_env_name("É"));
+        assert_eq!(env_suffix("learning-rate"), "LEARNING_RATE");
+        assert_eq!(env_suffix("val.set"), "VAL_SET");
+        assert_eq!(env_suffix("Été"), "_T_");
+    }
+
+    #[test]
+    fn builds_mlgw_and_sagemaker_variables() {
+        let env = training_env(
+            &spec(),
+            &JobPaths {
+                job_id: "job-1",
+                output_dir: "/root/jobs/x/output",
+                hyperparameters_file: "/root/jobs/x/hyperparameters.json",
+            },
+        );
+        assert_eq!(get(&env, "USER_VAR"), Some("1"));
+        assert_eq!(get(&env, "MLGW_JOB_ID"), Some("job-1"));
+        assert_eq!(get(&env, "MLGW_OUTPUT_DIR"), Some("/root/jobs/x/output"));
+        assert_eq!(
+            get(&env, "MLGW_HYPERPARAMETERS"),
+            Some("/root/jobs/x/hyperparameters.json")
+        );
+        assert_eq!(get(&env, "MLGW_HP_LEARNING_RATE"), Some("0.1"));
+        assert_eq!(get(&env, "MLGW_HP_EPOCHS"), Some("3"));
+        assert_eq!(get(&env, "MLGW_INPUT_TRAIN"), Some("/data/train"));
+        assert_eq!(get(&env, "SM_CHANNEL_TRAIN"), Some("/data/train"));
+        assert_eq!(get(&env, "MLGW_INPUT_VAL_SET"), Some("s3://b/val"));
+        assert_eq!(get(&env, "SM_MODEL_DIR"), Some("/root/jobs/x/output"));
+        assert_eq!(get(&env, "SM_OUTPUT_DATA_DIR"), Some("/root/jobs/x/output"));
+        assert_eq!(get(&env, "SM_CHANNELS"), Some(r#"["train","val.set"]"#));
+        let hps: serde_json::Value = serde_json::from_str(get(&env, "SM_HPS").unwrap()).unwrap();
+        assert_eq!(
+            hps,
+            serde_json::json!({"learning-rate": "0.1", "epochs": "3"})
+        );
+        // Overridden in place, not duplicated.
+        assert_eq!(
+            env.iter().filter(|kv| kv.key == "MLGW_OUTPUT_DIR").count(),
+            1
+        );
+    }
+}

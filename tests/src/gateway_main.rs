@@ -1,0 +1,4 @@
+//! The gateway binary exactly as shipped, built inside this package so its tests can find it.
+fn main() -> std::process::ExitCode {
+    mlgw::cli::main()
+}
