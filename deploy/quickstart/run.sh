@@ -32,7 +32,7 @@ grep "mlgw listening on" "$log"
 "$mlgw" targets
 
 step "Submitting a training job to the default target"
-job=$("$mlgw" submit --name train-iris --hp C=0.5 -- "$venv/bin/python" deploy/quickstart/train_iris.py)
+job=$("$mlgw" submit --name train-iris --hp C=0.5 -- "$venv/bin/python" "$root/deploy/quickstart/train_iris.py")
 echo "job $job"
 
 step "Following its logs: mlgw logs -f $job"

@@ -345,7 +345,15 @@ fn feature_to(f: Feature) -> pb::Feature {
     }
 }
 
-pub fn target(t: &Target) -> pb::Target {
+/// A target as clients see it; `health` is the outcome of instantiating its plugin just now.
+pub fn target(t: &Target, health: Result<(), crate::runtime::PluginError>) -> pb::Target {
+    let (health, health_message) = match health {
+        Ok(()) => (
+            pb::TargetHealth::Healthy,
+            format!("plugin sha256:{}", &t.plugin.digest[..16]),
+        ),
+        Err(e) => (pb::TargetHealth::Unhealthy, e.to_string()),
+    };
     pb::Target {
         name: t.name.clone(),
         is_default: t.is_default,
@@ -360,8 +368,8 @@ pub fn target(t: &Target) -> pb::Target {
             .map(|f| feature_to(*f) as i32)
             .collect(),
         grants: t.grants.clone(),
-        health: pb::TargetHealth::Healthy as i32,
-        health_message: format!("plugin digest sha256:{}", &t.plugin.digest[..16]),
+        health: health as i32,
+        health_message,
     }
 }
 

@@ -39,14 +39,19 @@ pub fn routes(gw: Arc<Gateway>) -> anyhow::Result<tonic::service::Routes> {
             .set_serving::<pb::target_service_server::TargetServiceServer<targets::TargetApi>>()
             .await;
     });
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // v1alpha too: older grpcurl and grpc_cli only speak that.
+    let (reflection_v1, reflection_v1alpha) =
+        (reflection().build_v1()?, reflection().build_v1alpha()?);
     let mut routes = tonic::service::Routes::builder();
     routes
         .add_service(health)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(pb::training_service_server::TrainingServiceServer::new(
             training::TrainingApi::new(gw.clone()),
         ))

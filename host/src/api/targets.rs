@@ -22,14 +22,12 @@ impl TargetService for TargetApi {
         &self,
         _req: Request<pb::ListTargetsRequest>,
     ) -> Result<Response<pb::ListTargetsResponse>, Status> {
-        Ok(Response::new(pb::ListTargetsResponse {
-            targets: self
-                .gw
-                .targets()
-                .iter()
-                .map(|t| convert::target(t))
-                .collect(),
-        }))
+        let mut targets = Vec::new();
+        for t in self.gw.targets() {
+            let health = self.gw.runtime.check(&t).await;
+            targets.push(convert::target(&t, health));
+        }
+        Ok(Response::new(pb::ListTargetsResponse { targets }))
     }
 
     async fn get(
@@ -42,6 +40,7 @@ impl TargetService for TargetApi {
             .runtime
             .target(&name)
             .ok_or_else(|| Status::not_found(format!("target {name} not found")))?;
-        Ok(Response::new(convert::target(t)))
+        let health = self.gw.runtime.check(t).await;
+        Ok(Response::new(convert::target(t, health)))
     }
 }

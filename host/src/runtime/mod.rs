@@ -429,6 +429,12 @@ impl Call<'_> {
 
 /// Each operation is one WIT call on a fresh instance.
 impl Runtime {
+    /// Admits, builds a Store and instantiates the target's plugin, then drops it: the fixed
+    /// cost of every call, and a health check that the plugin can still be instantiated.
+    pub async fn check(&self, t: &Target) -> Result<(), PluginError> {
+        self.start(t, "").await.map(drop)
+    }
+
     pub async fn validate_training(
         &self,
         t: &Target,

@@ -1,0 +1,226 @@
+//! mlgw's own load generator. In one process it serves the real gateway API (store, plugins,
+//! the lot) and, as the baseline, a bare tonic TrainingService whose Get returns a fixed job;
+//! then it drives both with the same clients, alternating rounds so machine noise hits both
+//! alike, and prints throughput, p50/p99 and the ratio to the baseline. It also samples plugin
+//! instantiation latency.
+//!
+//! cargo run --release -p mlgw-tests --bin mlgw-loadgen -- [--clients 1,64] [--seconds 5] [--rounds 3]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mlgw::api::pb::{
+    self, training_service_client::TrainingServiceClient, training_service_server,
+};
+use mlgw::config::Config;
+use mlgw::domain::{Job, JobState, TrainingSpec, now_ms};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+/// The baseline: a handler that does nothing but answer.
+struct Bare {
+    job: pb::Job,
+}
+
+type Empty<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl training_service_server::TrainingService for Bare {
+    async fn submit(&self, _: Request<pb::SubmitJobRequest>) -> Result<Response<pb::Job>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn get(&self, _: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        Ok(Response::new(self.job.clone()))
+    }
+    async fn list(
+        &self,
+        _: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn cancel(&self, _: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    type WatchStream = Empty<pb::JobEvent>;
+    async fn watch(
+        &self,
+        _: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    type LogsStream = Empty<pb::LogLine>;
+    async fn logs(
+        &self,
+        _: Request<pb::JobLogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        Err(Status::unimplemented(""))
+    }
+}
+
+async fn serve(routes: tonic::service::Routes) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(TcpListenerStream::new(l))
+            .await
+            .unwrap()
+    });
+    addr
+}
+
+struct Run {
+    requests: usize,
+    seconds: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn drive(addr: SocketAddr, id: &str, clients: usize, secs: f64) -> Run {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let id = id.to_string();
+        tasks.push(tokio::spawn(async move {
+            let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let mut c = TrainingServiceClient::new(ch);
+            let mut lat = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                c.get(pb::GetJobRequest { id: id.clone() }).await.unwrap();
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let start = Instant::now();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    Run {
+        requests: all.len(),
+        seconds,
+        p50: pct(0.50),
+        p99: pct(0.99),
+    }
+}
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_string())
+}
+
+#[tokio::main]
+async fn main() {
+    let clients: Vec<usize> = arg("--clients", "1,64")
+        .split(',')
+        .map(|c| c.parse().unwrap())
+        .collect();
+    let secs: f64 = arg("--seconds", "5").parse().unwrap();
+    let rounds: usize = arg("--rounds", "3").parse().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::embedded();
+    cfg.data_dir = dir.path().to_path_buf();
+    let gw = mlgw::server::build(&cfg).await.unwrap();
+    let job = Job {
+        id: mlgw::store::new_id("j"),
+        tenant: "default".into(),
+        target: "local".into(),
+        spec: TrainingSpec {
+            name: "bench".into(),
+            command: vec!["python3".into(), "train.py".into()],
+            ..Default::default()
+        },
+        state: JobState::Running,
+        message: String::new(),
+        backend_state: "running pid 1".into(),
+        backend_ref: None,
+        output_uri: Some("file:///tmp/out".into()),
+        created_at: now_ms(),
+        updated_at: now_ms(),
+        finished_at: None,
+        cancel_requested: false,
+        sequence: 2,
+    };
+    gw.store.insert_job(job.clone(), None).unwrap();
+    let gateway_addr = serve(mlgw::api::routes(gw.clone()).unwrap()).await;
+    let fixed = TrainingServiceClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{gateway_addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    )
+    .get(pb::GetJobRequest { id: job.id.clone() })
+    .await
+    .unwrap()
+    .into_inner();
+    let mut bare_routes = tonic::service::Routes::builder();
+    bare_routes.add_service(training_service_server::TrainingServiceServer::new(Bare {
+        job: fixed,
+    }));
+    let bare_addr = serve(bare_routes.routes()).await;
+
+    println!("GetJob, {secs}s per round, {rounds} rounds alternating bare/gateway");
+    println!(
+        "{:>8} {:>10} {:>12} {:>10} {:>10}",
+        "clients", "server", "req/s", "p50 µs", "p99 µs"
+    );
+    for &c in &clients {
+        let (mut bare_rps, mut gw_rps) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            for (name, addr, acc) in [
+                ("bare", bare_addr, &mut bare_rps),
+                ("gateway", gateway_addr, &mut gw_rps),
+            ] {
+                let r = drive(addr, &job.id, c, secs).await;
+                let rps = r.requests as f64 / r.seconds;
+                acc.push(rps);
+                println!(
+                    "{c:>8} {name:>10} {rps:>12.0} {:>10} {:>10}",
+                    r.p50.as_micros(),
+                    r.p99.as_micros()
+                );
+            }
+        }
+        let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+        println!(
+            "{c:>8} clients: gateway/bare throughput = {:.3}",
+            mean(&gw_rps) / mean(&bare_rps)
+        );
+    }
+
+    // Instantiation: admit + fresh Store + instantiate + drop, sequentially.
+    let t = gw.runtime.target("local").unwrap().clone();
+    for _ in 0..200 {
+        gw.runtime.check(&t).await.unwrap();
+    }
+    let mut lat = Vec::new();
+    let n: usize = arg("--instantiations", "5000").parse().unwrap();
+    for _ in 0..n {
+        let s = Instant::now();
+        gw.runtime.check(&t).await.unwrap();
+        lat.push(s.elapsed());
+    }
+    lat.sort();
+    println!(
+        "instantiate ({n} samples): p50 {} µs, p99 {} µs",
+        lat[n / 2].as_micros(),
+        lat[n * 99 / 100].as_micros()
+    );
+    let _ = Arc::strong_count(&gw);
+}
