@@ -50,7 +50,7 @@ fn bench(c: &mut Criterion) {
         start_ticks: data["start_ticks"].as_u64().unwrap(),
     };
     let exit_file = format!("jobs/{}/exit.json", mlgw::domain::backend_name(&job.id));
-    let cap = t.process.clone().unwrap();
+    let cap = t.caps.process.clone().unwrap();
     assert_eq!(
         native_status(&cap, &handle, &exit_file).0,
         JobState::Running

@@ -55,6 +55,7 @@ pub struct TargetConfig {
 #[serde(deny_unknown_fields)]
 pub struct Grants {
     pub process: Option<ProcessGrant>,
+    pub kube: Option<KubeGrant>,
 }
 
 impl Grants {
@@ -63,8 +64,36 @@ impl Grants {
         if self.process.is_some() {
             names.push("process".into());
         }
+        if self.kube.is_some() {
+            names.push("kube".into());
+        }
         names
     }
+}
+
+/// A Kubernetes client bound to namespaces and kinds. The gateway's own identity (service
+/// account in-cluster, or the kubeconfig named here) is used; plugins never see it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeGrant {
+    /// A kubeconfig file. Absent: in-cluster service account when running in a pod, else
+    /// $KUBECONFIG or ~/.kube/config.
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    /// Namespaces the target may touch; the first is the default for objects that name none.
+    pub namespaces: Vec<String>,
+    /// Namespaced kinds the target may touch, as "apiVersion/Kind": "kubeflow.org/v1/PyTorchJob",
+    /// "batch/v1/Job", "v1/Pod" (pods also cover their logs).
+    pub kinds: Vec<String>,
+    /// Cluster-scoped kinds the target may touch (none unless listed).
+    #[serde(default)]
+    pub cluster_kinds: Vec<String>,
+    #[serde(default = "default_field_manager")]
+    pub field_manager: String,
+}
+
+fn default_field_manager() -> String {
+    "mlgw".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -160,6 +189,7 @@ impl Config {
                 settings: toml::Table::new(),
                 grants: Grants {
                     process: Some(ProcessGrant::default()),
+                    kube: None,
                 },
             },
         );
@@ -213,6 +243,23 @@ impl Config {
                 return Err(ConfigError::Invalid(format!(
                     "target name {name:?}: only letters, digits, '-' and '_'"
                 )));
+            }
+            if let Some(k) = &t.grants.kube {
+                if k.namespaces.is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "targets.{name}.grants.kube.namespaces: grant at least one namespace"
+                    )));
+                }
+                for kind in k.kinds.iter().chain(&k.cluster_kinds) {
+                    if kind
+                        .rsplit_once('/')
+                        .is_none_or(|(v, k)| v.is_empty() || k.is_empty())
+                    {
+                        return Err(ConfigError::Invalid(format!(
+                            "targets.{name}.grants.kube: {kind:?} is not \"apiVersion/Kind\""
+                        )));
+                    }
+                }
             }
             if !self.plugins.contains_key(&t.plugin)
                 && !mlgw_plugin_artifacts::bundled()

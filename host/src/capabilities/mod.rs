@@ -2,11 +2,21 @@
 //! operator's grant bound on the host side, never from the plugin's arguments; a capability
 //! that is not granted answers `denied` naming itself.
 
+pub mod kube;
 pub mod process;
 
+use std::sync::Arc;
+
 use crate::runtime::HostState;
-use crate::runtime::bindings::mlgw::backend::{http, kube, log, sagemaker, types};
+use crate::runtime::bindings::mlgw::backend::{http, log, sagemaker, types};
 use types::{BackendError, Denial};
+
+/// The capabilities a target was granted, shared by every call's Store.
+#[derive(Clone, Default)]
+pub struct Capabilities {
+    pub process: Option<Arc<process::ProcessCapability>>,
+    pub kube: Option<Arc<kube::KubeCapability>>,
+}
 
 /// Log messages from plugins are bounded so a plugin cannot flood the gateway's log.
 const MAX_LOG_MESSAGE: usize = 4096;
@@ -46,52 +56,8 @@ fn not_granted(state: &HostState, capability: &str) -> BackendError {
     })
 }
 
-// kube, sagemaker and http are part of the contract so plugins can be written against them;
-// until their host implementations land no grant can enable them, so every call is denied.
-
-impl kube::Host for HostState {
-    async fn apply(&mut self, _object: String) -> wasmtime::Result<Result<String, BackendError>> {
-        Ok(Err(not_granted(self, "kube")))
-    }
-    async fn get(
-        &mut self,
-        _api_version: String,
-        _kind: String,
-        _namespace: String,
-        _name: String,
-    ) -> wasmtime::Result<Result<String, BackendError>> {
-        Ok(Err(not_granted(self, "kube")))
-    }
-    async fn list_objects(
-        &mut self,
-        _api_version: String,
-        _kind: String,
-        _namespace: String,
-        _label_selector: String,
-    ) -> wasmtime::Result<Result<String, BackendError>> {
-        Ok(Err(not_granted(self, "kube")))
-    }
-    async fn delete(
-        &mut self,
-        _api_version: String,
-        _kind: String,
-        _namespace: String,
-        _name: String,
-        _propagation: String,
-    ) -> wasmtime::Result<Result<(), BackendError>> {
-        Ok(Err(not_granted(self, "kube")))
-    }
-    async fn pod_logs(
-        &mut self,
-        _namespace: String,
-        _pod: String,
-        _container: Option<String>,
-        _since_seconds: Option<u64>,
-        _limit_bytes: Option<u64>,
-    ) -> wasmtime::Result<Result<String, BackendError>> {
-        Ok(Err(not_granted(self, "kube")))
-    }
-}
+// sagemaker and http are part of the contract so plugins can be written against them; until
+// their host implementations land no grant can enable them, so every call is denied.
 
 impl sagemaker::Host for HostState {
     async fn call(

@@ -37,3 +37,43 @@ pub fn load_component(
     let component = unsafe { Component::deserialize(engine, &artifact)? };
     Ok((component, digest))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_load_reuses_the_artifact_and_a_new_wasm_gets_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::default();
+        let wasm = mlgw_plugin_artifacts::LOCAL;
+        let (_, digest) = load_component(&engine, dir.path(), wasm).unwrap();
+        let files = || {
+            let mut v: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            v.sort();
+            v
+        };
+        let first = files();
+        assert_eq!(first.len(), 1);
+        assert!(
+            first[0]
+                .to_string_lossy()
+                .ends_with(&format!("{digest}.cwasm"))
+        );
+        let written = std::fs::metadata(&first[0]).unwrap().modified().unwrap();
+        load_component(&engine, dir.path(), wasm).unwrap();
+        assert_eq!(files(), first, "no second artifact");
+        assert_eq!(
+            std::fs::metadata(&first[0]).unwrap().modified().unwrap(),
+            written,
+            "the cached artifact was reused, not rewritten"
+        );
+        // A damaged artifact is recompiled rather than trusted.
+        std::fs::write(&first[0], b"not an artifact").unwrap();
+        load_component(&engine, dir.path(), wasm).unwrap();
+        assert_ne!(std::fs::read(&first[0]).unwrap(), b"not an artifact");
+    }
+}

@@ -16,6 +16,8 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config as EngineConfig, Engine, PoolingAllocationConfig, Store, UpdateDeadline};
 
+use crate::capabilities::Capabilities;
+use crate::capabilities::kube::KubeCapability;
 use crate::capabilities::process::ProcessCapability;
 use crate::config::{Config, Limits};
 use crate::domain::{self, Feature, PluginInfo};
@@ -100,7 +102,7 @@ pub struct Target {
     /// The `[targets.X.settings]` table as a JSON object.
     pub settings: String,
     pub grants: Vec<String>,
-    pub process: Option<Arc<ProcessCapability>>,
+    pub caps: Capabilities,
 }
 
 impl Target {
@@ -218,6 +220,10 @@ impl Runtime {
                 )?)),
                 None => None,
             };
+            let kube = match &t.grants.kube {
+                Some(g) => Some(Arc::new(KubeCapability::connect(name, g).await?)),
+                None => None,
+            };
             let settings = serde_json::to_string(&t.settings)?;
             runtime.targets.insert(
                 name.clone(),
@@ -227,7 +233,7 @@ impl Runtime {
                     plugin: plugins[&t.plugin].clone(),
                     settings,
                     grants: t.grants.names(),
-                    process,
+                    caps: Capabilities { process, kube },
                 }),
             );
         }
@@ -263,7 +269,7 @@ impl Runtime {
             }),
             settings: "{}".into(),
             grants: vec![],
-            process: None,
+            caps: Capabilities::default(),
         };
         let mut call = self.start(&probe, "").await?;
         let res = tokio::time::timeout(
@@ -315,7 +321,7 @@ impl Runtime {
             .expect("the permit semaphore is never closed");
         let state = HostState::new(
             &target.name,
-            target.process.clone(),
+            &target.caps,
             (self.limits.memory_mib as usize) << 20,
         )
         .map_err(|e| PluginError::Trap {

@@ -8,6 +8,8 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
+use crate::capabilities::Capabilities;
+use crate::capabilities::kube::KubeCapability;
 use crate::capabilities::process::ProcessCapability;
 
 /// The guest path the process root is preopened at.
@@ -21,18 +23,15 @@ pub struct HostState {
     stderr: MemoryOutputPipe,
     pub(crate) target: Arc<str>,
     pub(crate) process: Option<Arc<ProcessCapability>>,
+    pub(crate) kube: Option<Arc<KubeCapability>>,
 }
 
 impl HostState {
-    pub fn new(
-        target: &str,
-        process: Option<Arc<ProcessCapability>>,
-        memory_cap: usize,
-    ) -> wasmtime::Result<Self> {
+    pub fn new(target: &str, caps: &Capabilities, memory_cap: usize) -> wasmtime::Result<Self> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let mut b = WasiCtx::builder();
         b.stderr(stderr.clone());
-        if let Some(p) = &process {
+        if let Some(p) = &caps.process {
             b.preopened_dir(p.root(), WORK_DIR, FsPerms::ReadWrite)?;
         }
         Ok(Self {
@@ -44,7 +43,8 @@ impl HostState {
             },
             stderr,
             target: target.into(),
-            process,
+            process: caps.process.clone(),
+            kube: caps.kube.clone(),
         })
     }
 
