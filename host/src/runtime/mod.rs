@@ -433,6 +433,16 @@ impl Call<'_> {
     }
 }
 
+/// One WIT call on a fresh instance: admit, instantiate, call under the deadline, classify.
+macro_rules! call {
+    ($rt:ident, $t:expr, $id:expr, $iface:ident . $method:ident ( $($arg:expr),* )) => {{
+        let mut c = $rt.start($t, $id).await?;
+        let f = c.backend.$iface();
+        let res = tokio::time::timeout(c.remaining(), f.$method(&mut c.store, &c.ctx, $($arg),*)).await;
+        c.finish_backend(res)
+    }};
+}
+
 /// Each operation is one WIT call on a fresh instance.
 impl Runtime {
     /// Admits, builds a Store and instantiates the target's plugin, then drops it: the fixed
@@ -448,15 +458,13 @@ impl Runtime {
         spec: &domain::TrainingSpec,
     ) -> Result<(), PluginError> {
         t.require(Feature::Training)?;
-        let mut c = self.start(t, id).await?;
         let spec = bindings::training_spec_to_wit(spec);
-        let f = c.backend.mlgw_backend_training();
-        let res = tokio::time::timeout(
-            c.remaining(),
-            f.call_validate_training(&mut c.store, &c.ctx, &spec),
+        call!(
+            self,
+            t,
+            id,
+            mlgw_backend_training.call_validate_training(&spec)
         )
-        .await;
-        c.finish_backend(res)
     }
 
     pub async fn submit_training(
@@ -466,15 +474,14 @@ impl Runtime {
         spec: &domain::TrainingSpec,
     ) -> Result<domain::BackendRef, PluginError> {
         t.require(Feature::Training)?;
-        let mut c = self.start(t, id).await?;
         let spec = bindings::training_spec_to_wit(spec);
-        let f = c.backend.mlgw_backend_training();
-        let res = tokio::time::timeout(
-            c.remaining(),
-            f.call_submit_training(&mut c.store, &c.ctx, &spec),
+        call!(
+            self,
+            t,
+            id,
+            mlgw_backend_training.call_submit_training(&spec)
         )
-        .await;
-        c.finish_backend(res).map(bindings::ref_from_wit)
+        .map(bindings::ref_from_wit)
     }
 
     pub async fn training_status(
@@ -483,15 +490,9 @@ impl Runtime {
         id: &str,
         r: &domain::BackendRef,
     ) -> Result<domain::JobObservation, PluginError> {
-        let mut c = self.start(t, id).await?;
         let r = bindings::ref_to_wit(r);
-        let f = c.backend.mlgw_backend_training();
-        let res = tokio::time::timeout(
-            c.remaining(),
-            f.call_training_status(&mut c.store, &c.ctx, &r),
-        )
-        .await;
-        c.finish_backend(res).map(bindings::job_status_from_wit)
+        call!(self, t, id, mlgw_backend_training.call_training_status(&r))
+            .map(bindings::job_status_from_wit)
     }
 
     pub async fn cancel_training(
@@ -501,15 +502,8 @@ impl Runtime {
         r: &domain::BackendRef,
     ) -> Result<(), PluginError> {
         t.require(Feature::TrainingCancel)?;
-        let mut c = self.start(t, id).await?;
         let r = bindings::ref_to_wit(r);
-        let f = c.backend.mlgw_backend_training();
-        let res = tokio::time::timeout(
-            c.remaining(),
-            f.call_cancel_training(&mut c.store, &c.ctx, &r),
-        )
-        .await;
-        c.finish_backend(res)
+        call!(self, t, id, mlgw_backend_training.call_cancel_training(&r))
     }
 
     pub async fn training_logs(
@@ -521,15 +515,14 @@ impl Runtime {
         max_lines: u32,
     ) -> Result<domain::LogPage, PluginError> {
         t.require(Feature::TrainingLogs)?;
-        let mut c = self.start(t, id).await?;
         let r = bindings::ref_to_wit(r);
-        let f = c.backend.mlgw_backend_training();
-        let res = tokio::time::timeout(
-            c.remaining(),
-            f.call_training_logs(&mut c.store, &c.ctx, &r, cursor, max_lines),
+        call!(
+            self,
+            t,
+            id,
+            mlgw_backend_training.call_training_logs(&r, cursor, max_lines)
         )
-        .await;
-        c.finish_backend(res).map(bindings::log_page_from_wit)
+        .map(bindings::log_page_from_wit)
     }
 
     pub async fn validate_endpoint(
@@ -539,15 +532,13 @@ impl Runtime {
         spec: &domain::EndpointSpec,
     ) -> Result<(), PluginError> {
         t.require(Feature::Serving)?;
-        let mut c = self.start(t, id).await?;
         let spec = bindings::endpoint_spec_to_wit(spec);
-        let f = c.backend.mlgw_backend_serving();
-        let res = tokio::time::timeout(
-            c.remaining(),
-            f.call_validate_endpoint(&mut c.store, &c.ctx, &spec),
+        call!(
+            self,
+            t,
+            id,
+            mlgw_backend_serving.call_validate_endpoint(&spec)
         )
-        .await;
-        c.finish_backend(res)
     }
 
     pub async fn deploy_endpoint(
@@ -557,15 +548,14 @@ impl Runtime {
         spec: &domain::EndpointSpec,
     ) -> Result<domain::BackendRef, PluginError> {
         t.require(Feature::Serving)?;
-        let mut c = self.start(t, id).await?;
         let spec = bindings::endpoint_spec_to_wit(spec);
-        let f = c.backend.mlgw_backend_serving();
-        let res = tokio::time::timeout(
-            c.remaining(),
-            f.call_deploy_endpoint(&mut c.store, &c.ctx, &spec),
+        call!(
+            self,
+            t,
+            id,
+            mlgw_backend_serving.call_deploy_endpoint(&spec)
         )
-        .await;
-        c.finish_backend(res).map(bindings::ref_from_wit)
+        .map(bindings::ref_from_wit)
     }
 
     pub async fn endpoint_status(
@@ -574,15 +564,8 @@ impl Runtime {
         id: &str,
         r: &domain::BackendRef,
     ) -> Result<bindings::EndpointObservation, PluginError> {
-        let mut c = self.start(t, id).await?;
         let r = bindings::ref_to_wit(r);
-        let f = c.backend.mlgw_backend_serving();
-        let res = tokio::time::timeout(
-            c.remaining(),
-            f.call_describe_endpoint(&mut c.store, &c.ctx, &r),
-        )
-        .await;
-        c.finish_backend(res)
+        call!(self, t, id, mlgw_backend_serving.call_describe_endpoint(&r))
             .map(bindings::endpoint_status_from_wit)
     }
 
@@ -597,16 +580,15 @@ impl Runtime {
         if spec.canary_percent.is_some() {
             t.require(Feature::Canary)?;
         }
-        let mut c = self.start(t, id).await?;
         let r = bindings::ref_to_wit(r);
         let spec = bindings::endpoint_spec_to_wit(spec);
-        let f = c.backend.mlgw_backend_serving();
-        let res = tokio::time::timeout(
-            c.remaining(),
-            f.call_update_endpoint(&mut c.store, &c.ctx, &r, &spec),
+        call!(
+            self,
+            t,
+            id,
+            mlgw_backend_serving.call_update_endpoint(&r, &spec)
         )
-        .await;
-        c.finish_backend(res).map(bindings::ref_from_wit)
+        .map(bindings::ref_from_wit)
     }
 
     pub async fn delete_endpoint(
@@ -615,15 +597,8 @@ impl Runtime {
         id: &str,
         r: &domain::BackendRef,
     ) -> Result<(), PluginError> {
-        let mut c = self.start(t, id).await?;
         let r = bindings::ref_to_wit(r);
-        let f = c.backend.mlgw_backend_serving();
-        let res = tokio::time::timeout(
-            c.remaining(),
-            f.call_delete_endpoint(&mut c.store, &c.ctx, &r),
-        )
-        .await;
-        c.finish_backend(res)
+        call!(self, t, id, mlgw_backend_serving.call_delete_endpoint(&r))
     }
 
     pub async fn endpoint_route(
@@ -632,15 +607,9 @@ impl Runtime {
         id: &str,
         r: &domain::BackendRef,
     ) -> Result<domain::Route, PluginError> {
-        let mut c = self.start(t, id).await?;
         let r = bindings::ref_to_wit(r);
-        let f = c.backend.mlgw_backend_serving();
-        let res = tokio::time::timeout(
-            c.remaining(),
-            f.call_endpoint_route(&mut c.store, &c.ctx, &r),
-        )
-        .await;
-        c.finish_backend(res).map(bindings::route_from_wit)
+        call!(self, t, id, mlgw_backend_serving.call_endpoint_route(&r))
+            .map(bindings::route_from_wit)
     }
 }
 

@@ -31,6 +31,9 @@ impl HostState {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let mut b = WasiCtx::builder();
         b.stderr(stderr.clone());
+        // Plugin file operations are small reads and writes under the local root; a hop to
+        // the blocking pool costs more than the operation itself.
+        b.allow_blocking_current_thread(true);
         if let Some(p) = &caps.process {
             b.preopened_dir(p.root(), WORK_DIR, FsPerms::ReadWrite)?;
         }

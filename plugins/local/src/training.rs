@@ -125,12 +125,15 @@ pub fn submit(ctx: &CallContext, spec: &TrainingSpec) -> Result<BackendRef, Back
 pub fn status(job: &BackendRef) -> Result<JobStatus, BackendError> {
     let data = JobData::from_ref(job)?;
     let state = process_state(&data)?;
-    let ending = ending(&data);
-
+    // The common case, polled every few hundred milliseconds: a running job within its
+    // budget. Decide it without touching the job directory.
     if state == ProcessState::Running
-        && ending == Ending::Natural
-        && runtime_exceeded(data.started_ms, data.max_runtime_s, now_ms())
+        && !runtime_exceeded(data.started_ms, data.max_runtime_s, now_ms())
     {
+        return Ok(job_status(state, Ending::Natural, data.pid, &data.output));
+    }
+    let ending = ending(&data);
+    if state == ProcessState::Running && ending == Ending::Natural {
         let max_runtime_s = data.max_runtime_s.unwrap_or_default();
         // Recorded before acting, so every later status explains the kill the same way.
         mark(&data, TIMED_OUT)?;
