@@ -218,8 +218,14 @@ impl Gateway {
         t.require(Feature::TrainingLogs)?;
         let gw = self.clone();
         let id = id.to_string();
+        // Backends hand out one cursor per page; clients want to resume after any line, so
+        // each line's cursor is the page's start cursor plus how many of its lines to skip.
+        let start = cursor.as_deref().map(LineCursor::parse).transpose()?;
         Ok(Box::pin(async_stream::try_stream! {
-            let mut cursor = cursor;
+            let (mut cursor, mut skip) = match start {
+                Some(c) => (c.page, c.skip),
+                None => (None, 0),
+            };
             loop {
                 let job = gw.store.job(&id)?;
                 let Some(r) = job.backend_ref.clone() else {
@@ -234,10 +240,15 @@ impl Gateway {
                     .training_logs(&t, &id, &r, cursor.as_deref(), LOG_PAGE)
                     .await?;
                 let n = page.lines.len();
-                for (i, line) in page.lines.into_iter().enumerate() {
-                    let cursor = if i + 1 == n { page.next_cursor.clone() } else { String::new() };
-                    yield LogItem { line, cursor };
+                for (i, line) in page.lines.into_iter().enumerate().skip(skip) {
+                    let after = if i + 1 == n {
+                        LineCursor { page: Some(page.next_cursor.clone()), skip: 0 }
+                    } else {
+                        LineCursor { page: cursor.clone(), skip: i + 1 }
+                    };
+                    yield LogItem { line, cursor: after.encode() };
                 }
+                skip = 0;
                 cursor = Some(page.next_cursor);
                 if page.complete || (!follow && n < LOG_PAGE as usize) {
                     return;
@@ -294,6 +305,68 @@ impl Gateway {
                 Ok(())
             }
             Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// A resume point after one log line: the backend cursor of the page holding the line and
+/// how many of that page's lines were already delivered. Encoded as `<skip>.<page cursor>`
+/// (an empty page cursor is the start of the log).
+#[derive(Debug, PartialEq)]
+struct LineCursor {
+    page: Option<String>,
+    skip: usize,
+}
+
+impl LineCursor {
+    fn encode(&self) -> String {
+        format!("{}.{}", self.skip, self.page.as_deref().unwrap_or(""))
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        let invalid = || GatewayError::Invalid {
+            field: "cursor".into(),
+            reason: format!("{s:?} is not a cursor this gateway returned"),
+        };
+        let (skip, page) = s.split_once('.').ok_or_else(invalid)?;
+        let skip: usize = skip.parse().map_err(|_| invalid())?;
+        if skip >= LOG_PAGE as usize {
+            return Err(invalid());
+        }
+        Ok(Self {
+            page: (!page.is_empty()).then(|| page.to_string()),
+            skip,
+        })
+    }
+}
+
+#[cfg(test)]
+mod line_cursor_tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_foreign_cursors() {
+        for c in [
+            LineCursor {
+                page: None,
+                skip: 3,
+            },
+            LineCursor {
+                page: Some("120".into()),
+                skip: 0,
+            },
+            LineCursor {
+                page: Some("a.b:c".into()),
+                skip: 7,
+            },
+        ] {
+            assert_eq!(LineCursor::parse(&c.encode()).unwrap(), c);
+        }
+        for bad in ["", "12", "x.5", "-1.4", "99999999.1"] {
+            assert!(
+                matches!(LineCursor::parse(bad), Err(GatewayError::Invalid { ref field, .. }) if field == "cursor"),
+                "{bad:?} accepted"
+            );
         }
     }
 }

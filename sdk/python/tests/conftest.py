@@ -1,92 +1,192 @@
-"""Starts the real mlgw binary (embedded defaults: the local target) for the session."""
+"""The integration tests' gateway: the real ``mlgw`` binary (``$MLGW_BIN``) on its embedded
+defaults (one target, ``local``), started once per session on a free port.
+
+Training jobs run ``$MLGW_PYTHON`` (default: this interpreter), which must have scikit-learn;
+the gateway's PATH starts with that interpreter's directory, where ``mlserver`` must be.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 
 import mlgw
+
+START_TIMEOUT = float(os.environ.get("MLGW_START_TIMEOUT", "60"))
+
+# grpc.health.v1.HealthCheckResponse{status: SERVING}, encoded.
+_SERVING = b"\x08\x01"
+
+
+@dataclass(frozen=True)
+class Gateway:
+    address: str
+    data_dir: Path
+    log: Path
+    python: str
 
 
 def _binary() -> str:
     path = os.environ.get("MLGW_BIN")
     if not path:
-        raise RuntimeError(
-            "MLGW_BIN is not set: build the gateway (cargo build -p mlgw) and point MLGW_BIN at it"
+        pytest.fail(
+            "MLGW_BIN is not set: the integration tests need the real gateway. Build it "
+            "(cargo build -p mlgw) and set MLGW_BIN to the binary, e.g. "
+            "MLGW_BIN=$CARGO_TARGET_DIR/debug/mlgw",
+            pytrace=False,
         )
-    if not Path(path).is_file():
-        raise RuntimeError(f"MLGW_BIN={path} does not exist")
+    if not (Path(path).is_file() and os.access(path, os.X_OK)):
+        pytest.fail(f"MLGW_BIN={path} is not an executable file", pytrace=False)
     return path
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _healthy(address: str) -> bool:
+    """One grpc.health.v1 check, then one TargetService.List through the SDK."""
+    with grpc.insecure_channel(address) as channel:
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=lambda _: b"",
+            response_deserializer=lambda b: b,
+        )
+        try:
+            if check(None, timeout=2) != _SERVING:
+                return False
+        except grpc.RpcError:
+            return False
+    with mlgw.Client(address, timeout=5) as c:
+        try:
+            return len(c.targets()) > 0
+        except mlgw.MlgwError:
+            return False
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
 def python_exe() -> str:
-    """An interpreter with scikit-learn, for training jobs."""
-    return os.environ.get("MLGW_PYTHON", sys.executable)
+    """An interpreter with scikit-learn, for training jobs (``$MLGW_PYTHON``)."""
+    return os.environ.get("MLGW_PYTHON") or sys.executable
 
 
 @pytest.fixture(scope="session")
-def gateway(python_exe: str) -> Iterator[str]:
-    data = Path(tempfile.mkdtemp(prefix="mlgw-sdk-"))
+def gateway(python_exe: str) -> Iterator[Gateway]:
+    binary = _binary()
+    root = Path(tempfile.mkdtemp(prefix="mlgw-sdk-tests-"))
+    log_path = root / "gateway.log"
     env = dict(os.environ)
-    # MLServer comes from the same environment as the training interpreter.
-    env["PATH"] = f"{Path(python_exe).parent}{os.pathsep}{env.get('PATH', '')}"
-    log = open(data / "gateway.log", "w")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(
-        [_binary(), "serve", "--data-dir", str(data / "data"), "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        env=env,
-        text=True,
-    )
-    address = None
-    deadline = time.monotonic() + 120
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
+    # The venv's bin first: mlserver, and the interpreter with scikit-learn. Not resolved:
+    # a venv's python is a symlink whose directory is what matters.
+    env["PATH"] = os.pathsep.join([str(Path(python_exe).parent), env.get("PATH", "")])
+    env.pop("MLGW_SERVER", None)
+    env.setdefault("RUST_LOG", "info")
+
+    proc = None
+    address = ""
+    with open(log_path, "ab") as log:
+        for _attempt in range(3):  # another process may grab the free port first
+            address = f"127.0.0.1:{_free_port()}"
+            proc = subprocess.Popen(
+                [binary, "serve", "--data-dir", str(root / "data"), "--listen", address],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+            deadline = time.monotonic() + START_TIMEOUT
+            while proc.poll() is None and time.monotonic() < deadline:
+                if _healthy(address):
+                    break
+                time.sleep(0.2)
+            else:
+                if proc.poll() is None:  # still starting after the deadline
+                    _stop(proc)
+                    pytest.fail(
+                        f"the gateway did not answer on {address} within {START_TIMEOUT:.0f} s; "
+                        f"log {log_path}:\n{_tail(log_path)}",
+                        pytrace=False,
+                    )
+                continue  # it exited: try another port
             break
-        if line.startswith("mlgw listening on "):
-            address = line.split()[-1]
-            break
-    if address is None:
-        proc.kill()
-        raise RuntimeError(f"gateway did not start; see {data / 'gateway.log'}")
+        else:
+            pytest.fail(
+                f"the gateway exited at start (code {proc.returncode if proc else '?'}); "
+                f"log {log_path}:\n{_tail(log_path)}",
+                pytrace=False,
+            )
+    assert proc is not None
     try:
-        yield address
+        yield Gateway(address=address, data_dir=root / "data", log=log_path, python=python_exe)
     finally:
-        proc.terminate()
+        _stop(proc)
+        # The gateway should stop what it started (model servers, jobs); whatever is left in
+        # its process group is ended here so a test run leaves nothing behind.
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        shutil.rmtree(data, ignore_errors=True)
+            os.killpg(proc.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            pass
+        else:
+            print(
+                f"\nwarning: processes of the gateway outlived it; see {log_path}", file=sys.stderr
+            )
+            os.killpg(proc.pid, signal.SIGKILL)
+        if os.environ.get("MLGW_KEEP_DATA"):
+            print(f"\ngateway data and log kept in {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture()
-def client(gateway: str) -> Iterator[mlgw.Client]:
-    with mlgw.Client(gateway) as c:
+def client(gateway: Gateway) -> Iterator[mlgw.Client]:
+    with mlgw.Client(gateway.address) as c:
         yield c
 
 
 TRAIN_SCRIPT = """
-import json, os, joblib
+import json, os, sys, joblib
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 X, y = load_iris(return_X_y=True)
+hps = json.load(open(os.environ["MLGW_HYPERPARAMETERS"]))
 c = float(os.environ.get("MLGW_HP_C", "1.0"))
+assert float(hps.get("C", "1.0")) == c
 model = LogisticRegression(C=c, max_iter=500).fit(X, y)
 joblib.dump(model, os.path.join(os.environ["MLGW_OUTPUT_DIR"], "model.joblib"))
 print("accuracy", round(model.score(X, y), 3), flush=True)
+print("done", file=sys.stderr, flush=True)
 """
 
 
@@ -95,3 +195,18 @@ def train_script(tmp_path_factory: pytest.TempPathFactory) -> str:
     p = tmp_path_factory.mktemp("scripts") / "train.py"
     p.write_text(TRAIN_SCRIPT)
     return str(p)
+
+
+@pytest.fixture(scope="session")
+def session_client(gateway: Gateway) -> Iterator[mlgw.Client]:
+    with mlgw.Client(gateway.address) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def trained(session_client: mlgw.Client, gateway: Gateway, train_script: str) -> mlgw.Job:
+    """One successful training job, shared by the serving tests."""
+    job = session_client.train(
+        [gateway.python, train_script], name="shared-iris", hyperparameters={"C": 1}
+    )
+    return job.wait(timeout=180, progress=False)

@@ -2,32 +2,65 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import nbformat
+import pytest
+from conftest import Gateway
 from nbclient import NotebookClient
+
+pytestmark = pytest.mark.integration
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "examples" / "quickstart.ipynb"
 
 
-def test_example_notebook_runs(gateway: str, python_exe: str, tmp_path: Path) -> None:
+def test_the_checked_in_notebook_has_no_outputs() -> None:
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    env = {"MLGW_SERVER": gateway, "MLGW_PYTHON": python_exe, "MLGW_TARGET": "local"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits the environment
-    try:
-        NotebookClient(
-            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-        ).execute()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    outputs = "".join(
-        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(not c.outputs and c.execution_count is None for c in code)
+
+
+def test_example_notebook_runs(gateway: Gateway, tmp_path: Path) -> None:
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    env = {
+        **os.environ,
+        "MLGW_SERVER": gateway.address,
+        "MLGW_PYTHON": gateway.python,
+        "MLGW_TARGET": "local",
+    }
+    client = NotebookClient(
+        nb,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
     )
-    assert "training accuracy" in outputs
-    assert "[0, 2]" in outputs
+    try:
+        client.execute(env=env)
+    finally:
+        # Keep the executed notebook for a failure's post-mortem.
+        nbformat.write(nb, tmp_path / "executed.ipynb")
+
+    def text(cell: nbformat.NotebookNode) -> str:
+        parts = []
+        for o in cell.get("outputs", []):
+            parts.append(o.get("text", ""))
+            parts.extend(str(v) for v in o.get("data", {}).values())
+        return "\n".join(parts)
+
+    outputs = "\n".join(text(c) for c in nb.cells if c.cell_type == "code")
+    assert "epoch 0: warming up" in outputs and "training accuracy" in outputs
+    assert "['setosa', 'virginica']" in outputs
+    assert "not configured here:" in outputs and "unsupported:" in outputs
+    # Rich display: the job, endpoint and lists rendered as HTML tables.
+    html = [
+        o["data"]["text/html"]
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if "text/html" in o.get("data", {})
+    ]
+    assert any("Job j-" in h or "<table" in h for h in html), json.dumps(html)[:500]
+    assert any("quickstart-iris" in h for h in html)

@@ -1,14 +1,17 @@
 """mlgw: train, deploy and predict on any target through one API.
 
 >>> import mlgw
->>> client = mlgw.Client()                     # $MLGW_SERVER, else localhost:50051
+>>> client = mlgw.Client()                 # $MLGW_SERVER, else localhost:50051
 >>> job = client.train(["python", "/abs/train.py"], hyperparameters={"C": 0.5})
->>> job.wait()
+>>> job.wait()                             # progress display; raises JobFailed on failure
 >>> ep = client.deploy(job.output_uri, model_format="sklearn", name="iris").wait_ready()
->>> ep.predict([[5.1, 3.5, 1.4, 0.2]])
+>>> ep.predict([[5.1, 3.5, 1.4, 0.2]])     # numpy, pandas or lists in; numpy out
+
+Change ``target=`` (see ``client.targets()``) to run the same code elsewhere.
 """
 
-from .client import Client, Endpoint, EndpointList, Job, JobList, Target, TargetList
+from .client import DEFAULT_ADDRESS, Client
+from .endpoint import Endpoint, EndpointList, EndpointState
 from .errors import (
     AlreadyExists,
     EndpointFailed,
@@ -21,24 +24,32 @@ from .errors import (
     PermissionDenied,
     ResourceExhausted,
     Timeout,
+    Unauthenticated,
     Unavailable,
     Unsupported,
 )
+from .job import Job, JobList, JobState, LogLine
+from .target import FEATURES, Target, TargetList
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_ADDRESS",
+    "FEATURES",
     "AlreadyExists",
     "Client",
     "Endpoint",
     "EndpointFailed",
     "EndpointList",
+    "EndpointState",
     "FailedPrecondition",
     "InvalidSpec",
     "Job",
     "JobCancelled",
     "JobFailed",
     "JobList",
+    "JobState",
+    "LogLine",
     "MlgwError",
     "NotFound",
     "PermissionDenied",
@@ -46,6 +57,7 @@ __all__ = [
     "Target",
     "TargetList",
     "Timeout",
+    "Unauthenticated",
     "Unavailable",
     "Unsupported",
 ]

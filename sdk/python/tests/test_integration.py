@@ -1,0 +1,508 @@
+"""Every public method against the real gateway running the local target: real training
+processes, a real MLServer, real failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import Gateway
+
+import mlgw
+
+pytestmark = pytest.mark.integration
+
+ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
+
+
+def wait_until_running(job: mlgw.Job, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while job.refresh().state != "running":
+        assert job.state == "pending", f"job ended early: {job.state} {job.message}"
+        assert time.monotonic() < deadline, "job never started"
+        time.sleep(0.1)
+
+
+# -- the client ---------------------------------------------------------------------------------
+
+
+def test_targets(client: mlgw.Client) -> None:
+    targets = client.targets()
+    assert isinstance(targets, mlgw.TargetList)
+    assert [t.name for t in targets] == ["local"]
+    local = targets.default
+    assert local is not None and local.name == "local" and local.is_default
+    assert local.plugin == "local" and local.healthy
+    assert local.supports("training") and local.supports("serving")
+    assert local.supports("training-logs") and local.supports("TRAINING_CANCEL")
+    assert not local.supports("canary")
+    assert "process" in local.grants
+    df = targets.to_pandas()
+    assert list(df["name"]) == ["local"] and bool(df["serving"][0]) and not bool(df["canary"][0])
+    assert "local" in targets._repr_html_() and "local" in local._repr_html_()
+    assert client.get_target("local") == local
+    with pytest.raises(mlgw.NotFound) as e:
+        client.get_target("nowhere")
+    assert "nowhere" in e.value.message
+
+
+def test_address_from_environment(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLGW_SERVER", gateway.address)
+    with mlgw.Client() as c:
+        assert c.address == gateway.address
+        assert repr(c) == f"mlgw.Client({gateway.address!r})"
+        assert c.targets()[0].name == "local"
+    monkeypatch.setenv("MLGW_SERVER", f"http://{gateway.address}/")
+    with mlgw.Client() as c:
+        assert c.targets()[0].name == "local"
+
+
+def test_token_and_options_are_accepted(gateway: Gateway) -> None:
+    opts = [("grpc.keepalive_time_ms", 60_000)]
+    with mlgw.Client(gateway.address, token="secret", timeout=10, options=opts) as c:
+        assert c.targets()[0].name == "local"
+
+
+def test_tls_to_a_plaintext_gateway_is_unavailable(gateway: Gateway) -> None:
+    with mlgw.Client(gateway.address, tls=True, timeout=5) as c, pytest.raises(mlgw.Unavailable):
+        c.targets()
+
+
+def test_unreachable_gateway_is_unavailable() -> None:
+    with mlgw.Client("127.0.0.1:1", timeout=5) as c:
+        with pytest.raises(mlgw.Unavailable) as e:
+            c.targets()
+        assert e.value.code is not None and e.value.message
+
+
+def test_a_closed_client_says_so(gateway: Gateway) -> None:
+    c = mlgw.Client(gateway.address)
+    c.close()
+    with pytest.raises(mlgw.MlgwError, match="closed"):
+        c.jobs()
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+def test_train_wait_logs_refresh(
+    client: mlgw.Client,
+    gateway: Gateway,
+    train_script: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    job = client.train(
+        [gateway.python, train_script], name="iris", hyperparameters={"C": 0.5}, framework="sklearn"
+    )
+    assert isinstance(job, mlgw.Job)
+    assert job.id and job.target == "local" and job.name == "iris"
+    assert job.state in ("pending", "running") and not job.done
+    assert job.hyperparameters == {"C": "0.5"}
+    assert job.command == [gateway.python, train_script]
+    assert job.created_at is not None and job.finished_at is None
+
+    assert job.wait(timeout=180) is job  # progress display on
+    assert "succeeded" in capsys.readouterr().err
+    assert job.state == "succeeded" and job.done
+    assert job.finished_at is not None and job.finished_at >= job.created_at
+    assert job.output_uri.startswith("file://")
+    assert (Path(job.output_uri.removeprefix("file://")) / "model.joblib").is_file()
+
+    texts = list(job.logs())
+    assert len(texts) == 2 and "done" in texts
+    assert any(t.startswith("accuracy 0.9") for t in texts)
+    lines = list(job.log_lines())
+    assert {(ln.source, ln.text.split()[0]) for ln in lines} == {
+        ("stdout", "accuracy"),
+        ("stderr", "done"),
+    }
+    assert all(isinstance(ln, mlgw.LogLine) and str(ln) == ln.text for ln in lines)
+    assert all(ln.time is not None for ln in lines)
+
+    again = client.get_job(job.id)
+    assert again == job and again.state == "succeeded" and again.proto.id == job.id
+    assert job.refresh() is job and job.state == "succeeded"
+    assert job.to_dict()["state"] == "succeeded"
+    assert repr(job).startswith("Job(id=")
+    html = job._repr_html_()
+    assert job.id in html and "succeeded" in html and "<table" in html
+    # Waiting on a finished job returns at once.
+    assert job.wait(progress=False) is job
+
+
+def test_log_cursor_resumes(client: mlgw.Client, gateway: Gateway) -> None:
+    code = "for i in range(5): print('line', i, flush=True)"
+    job = client.train([gateway.python, "-c", code]).wait(timeout=60, progress=False)
+    lines = list(job.log_lines())
+    assert [ln.text for ln in lines] == [f"line {i}" for i in range(5)]
+    assert lines[-1].cursor
+    assert list(job.logs(cursor=lines[-1].cursor)) == []
+    with pytest.raises(mlgw.InvalidSpec):
+        list(job.logs(cursor="not-a-cursor"))
+
+
+def test_every_log_line_has_a_cursor(client: mlgw.Client, gateway: Gateway) -> None:
+    code = "for i in range(5): print('line', i, flush=True)"
+    job = client.train([gateway.python, "-c", code]).wait(timeout=60, progress=False)
+    lines = list(job.log_lines())
+    assert all(ln.cursor for ln in lines), [ln.cursor for ln in lines]
+    assert list(job.logs(cursor=lines[1].cursor)) == ["line 2", "line 3", "line 4"]
+
+
+def test_env_inputs_output_and_hyperparameter_types(
+    client: mlgw.Client, gateway: Gateway, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "x.txt").write_text("42")
+    out = tmp_path / "out"
+    out.mkdir()
+    code = (
+        "import json, os\n"
+        "print(os.environ['GREETING'])\n"
+        "print(open(os.path.join(os.environ['MLGW_INPUT_TRAIN'], 'x.txt')).read())\n"
+        "print(json.dumps(json.load(open(os.environ['MLGW_HYPERPARAMETERS'])), sort_keys=True))\n"
+        "open(os.path.join(os.environ['MLGW_OUTPUT_DIR'], 'm.txt'), 'w').write('m')\n"
+    )
+    job = client.train(
+        [gateway.python, "-c", code],
+        env={"GREETING": "hi"},
+        inputs={"train": f"file://{data}"},
+        output=str(out),
+        hyperparameters={"lr": 0.1, "epochs": 3, "fast": True, "layers": [64, 32], "opt": "adam"},
+        max_runtime=120,
+    ).wait(timeout=60, progress=False)
+    lines = list(job.logs())
+    assert lines[:2] == ["hi", "42"]
+    assert json.loads(lines[2]) == {
+        "epochs": "3",
+        "fast": "true",
+        "layers": "[64, 32]",
+        "lr": "0.1",
+        "opt": "adam",
+    }
+    assert (out / "m.txt").read_text() == "m"
+    assert job.output_uri.removeprefix("file://").rstrip("/") == str(out)
+
+
+def test_a_string_command_is_split_like_a_shell(client: mlgw.Client, gateway: Gateway) -> None:
+    job = client.train(f"{gateway.python} -c 'print(\"a b\")'").wait(timeout=60, progress=False)
+    assert list(job.logs()) == ["a b"]
+
+
+def test_idempotency_key(client: mlgw.Client, gateway: Gateway) -> None:
+    key = f"sdk-{time.time_ns()}"
+    a = client.train([gateway.python, "-c", "pass"], idempotency_key=key)
+    b = client.train([gateway.python, "-c", "pass"], idempotency_key=key)
+    assert a.id == b.id
+    a.wait(timeout=60, progress=False)
+
+
+def test_jobs_listing(client: mlgw.Client, gateway: Gateway) -> None:
+    done = client.train([gateway.python, "-c", "pass"], name="listed").wait(
+        timeout=60, progress=False
+    )
+    jobs = client.jobs()
+    assert isinstance(jobs, mlgw.JobList) and done in jobs
+    assert jobs[0].created_at >= jobs[-1].created_at  # newest first
+    assert done.id in [j.id for j in client.jobs(state="succeeded")]
+    assert all(j.state == "succeeded" for j in client.jobs(state="SUCCEEDED"))
+    assert all(j.target == "local" for j in client.jobs(target="local"))
+    assert len(client.jobs(limit=1)) == 1
+    df = jobs.to_pandas()
+    assert {"id", "name", "target", "state", "output_uri", "created_at"} <= set(df.columns)
+    assert len(df) == len(jobs) and done.id in set(df["id"])
+    assert done.id in jobs._repr_html_()
+    assert "none" in mlgw.JobList()._repr_html_()
+    with pytest.raises(ValueError):
+        client.jobs(state="bogus")
+    with pytest.raises(mlgw.NotFound):
+        client.jobs(target="nowhere")
+
+
+def test_a_failing_job_raises_with_the_reason(client: mlgw.Client, gateway: Gateway) -> None:
+    code = "import sys; print('boom', file=sys.stderr); sys.exit(4)"
+    job = client.train([gateway.python, "-c", code])
+    with pytest.raises(mlgw.JobFailed) as e:
+        job.wait(timeout=60, progress=False)
+    assert not isinstance(e.value, mlgw.JobCancelled)
+    assert "exit code 4" in e.value.reason and e.value.reason in str(e.value)
+    assert e.value.job is job and job.state == "failed" and job.done
+    assert job.backend_state
+    assert "boom" in list(job.logs())
+    assert job in client.jobs(state="failed")
+    # A finished job cannot be cancelled.
+    with pytest.raises(mlgw.FailedPrecondition):
+        job.cancel()
+
+
+def test_a_failing_job_with_progress(
+    client: mlgw.Client, gateway: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = client.train([gateway.python, "-c", "raise SystemExit(3)"])
+    with pytest.raises(mlgw.JobFailed, match="exit code 3"):
+        job.wait(timeout=60)
+    assert "failed" in capsys.readouterr().err
+
+
+def test_max_runtime_ends_the_job(client: mlgw.Client, gateway: Gateway) -> None:
+    job = client.train([gateway.python, "-c", "import time; time.sleep(60)"], max_runtime=1)
+    with pytest.raises(mlgw.JobFailed) as e:
+        job.wait(timeout=60, progress=False)
+    assert "runtime" in e.value.reason
+
+
+def test_cancel(client: mlgw.Client, gateway: Gateway) -> None:
+    job = client.train([gateway.python, "-c", "import time; time.sleep(600)"])
+    wait_until_running(job)
+    assert job.cancel() is job and job.cancel_requested
+    with pytest.raises(mlgw.JobCancelled) as e:
+        job.wait(timeout=60, progress=False)
+    assert isinstance(e.value, mlgw.JobFailed) and e.value.job.state == "cancelled"
+    assert job.state == "cancelled" and job.finished_at is not None
+
+
+def test_wait_times_out_and_the_job_keeps_running(client: mlgw.Client, gateway: Gateway) -> None:
+    job = client.train([gateway.python, "-c", "import time; time.sleep(600)"])
+    start = time.monotonic()
+    with pytest.raises(mlgw.Timeout, match="still"):
+        job.wait(timeout=1.5, progress=True)
+    assert time.monotonic() - start < 10
+    assert not job.refresh().done
+    job.cancel()
+    with pytest.raises(mlgw.JobCancelled):
+        job.wait(timeout=60, progress=False)
+
+
+def test_follow_logs(client: mlgw.Client, gateway: Gateway) -> None:
+    code = "import time\nfor i in range(3):\n    print('step', i, flush=True)\n    time.sleep(0.5)"
+    job = client.train([gateway.python, "-c", code])
+    seen = []
+    for line in job.logs(follow=True, timeout=60):
+        seen.append(line)
+        if len(seen) == 1:
+            # The first line arrives while the job still runs.
+            assert not job.refresh().done
+    assert seen == ["step 0", "step 1", "step 2"]
+    job.wait(timeout=30, progress=False)
+
+
+def test_invalid_specs_name_the_field(client: mlgw.Client, gateway: Gateway) -> None:
+    cases = [
+        ({"command": []}, "spec.command"),
+        ({"command": ["true"], "gpus": 1}, "spec.resources.gpus"),
+        ({"command": ["true"], "nodes": 2}, "spec.resources.nodes"),
+        ({"command": ["true"], "env": {"1X": "y"}}, "spec.env.1X"),
+        ({"command": ["true"], "output": "relative/dir"}, "spec.output_uri"),
+        ({"command": ["true"], "inputs": {"a-b": "/tmp", "a_b": "/tmp"}}, "spec.inputs.1.name"),
+    ]
+    for kwargs, field in cases:
+        command = kwargs.pop("command")
+        with pytest.raises(mlgw.InvalidSpec) as e:
+            client.train(command, **kwargs)  # type: ignore[arg-type]
+        assert e.value.field == field, e.value.message
+        assert e.value.message.startswith(f"{field}: ")
+        assert e.value.code is not None and e.value.code.name == "INVALID_ARGUMENT"
+    # Checked before anything is sent.
+    with pytest.raises(mlgw.InvalidSpec) as e:
+        client.train(["true"], gpus=-1)
+    assert e.value.field == "spec.resources.gpus" and e.value.code is None
+    with pytest.raises(mlgw.InvalidSpec) as e:
+        client.train(["true"], max_runtime=0)
+    assert e.value.field == "spec.max_runtime_seconds"
+
+
+def test_unknown_ids_and_targets(client: mlgw.Client) -> None:
+    with pytest.raises(mlgw.NotFound) as e:
+        client.get_job("j-does-not-exist")
+    assert "j-does-not-exist" in e.value.message and e.value.code.name == "NOT_FOUND"
+    with pytest.raises(mlgw.NotFound):
+        client.train(["true"], target="nowhere")
+    with pytest.raises(mlgw.NotFound):
+        client.get_endpoint("nope")
+    with pytest.raises(mlgw.NotFound):
+        client.predict("nope", ROWS)
+    with pytest.raises(mlgw.NotFound):
+        client.deploy("file:///tmp/m", model_format="sklearn", name="nope", target="nowhere")
+
+
+# -- serving ------------------------------------------------------------------------------------
+
+
+def model_predictions(python: str, model_dir: str, rows: object) -> list[object]:
+    code = (
+        "import joblib, json, sys; m = joblib.load(sys.argv[1]); "
+        "print(json.dumps(m.predict(json.loads(sys.argv[2])).tolist()))"
+    )
+    out = subprocess.run(
+        [python, "-c", code, f"{model_dir}/model.joblib", json.dumps(rows)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return list(json.loads(out.stdout))
+
+
+def test_deploy_predict_update_delete(
+    client: mlgw.Client, gateway: Gateway, trained: mlgw.Job
+) -> None:
+    want = model_predictions(gateway.python, trained.output_uri.removeprefix("file://"), ROWS)
+
+    ep = client.deploy(trained.output_uri, model_format="sklearn", name="sdk-iris")
+    assert isinstance(ep, mlgw.Endpoint)
+    assert ep.state == "creating" and ep.name == "sdk-iris" and ep.target == "local"
+    assert ep.model_uri == trained.output_uri and ep.model_format == "sklearn"
+    assert ep.wait_ready(timeout=180) is ep
+    assert ep.ready and ep.url.startswith("http") and ep.canary_percent is None
+
+    for x in (
+        np.array(ROWS),
+        np.array(ROWS, dtype=np.float32),
+        pd.DataFrame(ROWS, columns=["sl", "sw", "pl", "pw"]),
+        ROWS,
+        np.asfortranarray(np.array(ROWS)),
+    ):
+        got = ep.predict(x)
+        # MLServer answers 1-D predictions with shape [N, 1]; the SDK keeps the server's shape.
+        assert isinstance(got, np.ndarray) and got.dtype == np.int64 and got.shape in [(3,), (3, 1)]
+        assert got.ravel().tolist() == want
+    assert client.predict("sdk-iris", ROWS, request_id="r-1").ravel().tolist() == want
+    assert client.predict(ep.id, {"input-0": np.array(ROWS)}).ravel().tolist() == want
+
+    assert client.get_endpoint("sdk-iris") == ep
+    assert client.get_endpoint(ep.id).name == "sdk-iris"
+    assert ep.refresh() is ep and ep.ready
+    listed = client.endpoints()
+    assert isinstance(listed, mlgw.EndpointList) and ep in listed
+    assert ep in client.endpoints(target="local", state="ready")
+    assert ep not in client.endpoints(state="failed")
+    df = listed.to_pandas()
+    assert "sdk-iris" in set(df["name"]) and {"id", "state", "model_uri"} <= set(df.columns)
+    assert "sdk-iris" in listed._repr_html_() and "ready" in ep._repr_html_()
+    assert repr(ep).startswith("Endpoint(id=")
+    with pytest.raises(ValueError):
+        client.endpoints(state="bogus")
+
+    # Refusals come back typed.
+    with pytest.raises(mlgw.AlreadyExists):
+        client.deploy(trained.output_uri, model_format="sklearn", name="sdk-iris")
+    with pytest.raises(mlgw.Unsupported):
+        ep.update(canary_percent=10)
+    with pytest.raises(mlgw.InvalidSpec) as e:
+        ep.update(canary_percent=150)
+    assert e.value.field == "spec.canary_percent"
+    with pytest.raises(mlgw.InvalidSpec) as e:
+        ep.update(max_replicas=3)
+    assert e.value.field == "spec.max_replicas"
+    # The model wants four features: MLServer fails the request (HTTP 500, so INTERNAL); it
+    # still comes back as a typed error with the model server's message.
+    with pytest.raises(mlgw.MlgwError) as err:
+        ep.predict([[1.0, 2.0, 3.0]])
+    assert err.value.code is not None and "model server" in err.value.message
+
+    # A new model rolls out while the endpoint keeps its identity.
+    assert ep.update(model_uri=trained.output_uri) is ep
+    assert ep.state in ("updating", "ready")
+    ep.wait_ready(timeout=180)
+    assert ep.predict(ROWS).ravel().tolist() == want
+    assert client.get_endpoint("sdk-iris").id == ep.id
+
+    assert ep.delete() is ep and ep.state == "deleted"
+    assert ep not in client.endpoints()
+    assert ep in client.endpoints(include_deleted=True)
+    assert ep in client.endpoints(state="deleted")
+    with pytest.raises(mlgw.FailedPrecondition):
+        ep.predict(ROWS)
+    with pytest.raises(mlgw.FailedPrecondition):
+        ep.update(model_uri=trained.output_uri)
+    with pytest.raises(mlgw.EndpointFailed) as failed:
+        ep.wait_ready(timeout=5)
+    assert failed.value.endpoint is ep
+
+
+def test_deploy_refusals(client: mlgw.Client, trained: mlgw.Job) -> None:
+    uri = trained.output_uri
+    cases = [
+        ({"model_uri": "", "model_format": "sklearn", "name": "x-1"}, "spec.model_uri"),
+        ({"model_uri": uri, "model_format": "nonsense", "name": "x-2"}, "spec.model_format"),
+        ({"model_uri": uri, "model_format": "sklearn", "name": "Not_A_Name"}, "spec.name"),
+        (
+            {"model_uri": uri, "model_format": "sklearn", "name": "x-3", "gpus": 1},
+            "spec.resources.gpus",
+        ),
+        (
+            {
+                "model_uri": uri,
+                "model_format": "sklearn",
+                "name": "x-4",
+                "min_replicas": 2,
+                "max_replicas": 2,
+            },
+            "spec.max_replicas",
+        ),
+    ]
+    for kwargs, field in cases:
+        model_uri = kwargs.pop("model_uri")
+        with pytest.raises(mlgw.InvalidSpec) as e:
+            client.deploy(model_uri, **kwargs)  # type: ignore[arg-type]
+        assert e.value.field in (field, "spec.min_replicas"), e.value.message
+    with pytest.raises(mlgw.Unsupported):
+        client.deploy(uri, model_format="sklearn", name="x-5", canary_percent=10)
+    with pytest.raises(mlgw.InvalidSpec) as e:
+        client.deploy(uri, model_format="sklearn", name="x-6", min_replicas=-1)
+    assert e.value.field == "spec.min_replicas" and e.value.code is None
+
+
+def test_wait_ready_reports_a_failed_endpoint(client: mlgw.Client, tmp_path: Path) -> None:
+    ep = client.deploy(f"file://{tmp_path}/no-model", model_format="sklearn", name="sdk-broken")
+    with pytest.raises(mlgw.EndpointFailed) as e:
+        ep.wait_ready(timeout=120)
+    assert e.value.endpoint.state == "failed" and e.value.reason
+    assert ep.state == "failed" and ep in client.endpoints(state="failed")
+    with pytest.raises(mlgw.FailedPrecondition):
+        ep.predict(ROWS)
+    ep.delete()
+    assert ep.state == "deleted"
+
+
+def test_wait_ready_times_out(client: mlgw.Client, trained: mlgw.Job) -> None:
+    ep = client.deploy(trained.output_uri, model_format="sklearn", name="sdk-slow")
+    try:
+        with pytest.raises(mlgw.Timeout, match="still"):
+            ep.wait_ready(timeout=0.01)
+    finally:
+        ep.delete()
+
+
+MIXED_TRAIN = """
+import os, joblib, pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder
+df = pd.DataFrame({"colour": ["red", "blue"] * 20, "size": [1.0, 2.0, 1.5, 2.5] * 10})
+y = ["hot" if c == "red" else "cold" for c in df["colour"]]
+pre = ColumnTransformer([("c", OneHotEncoder(), ["colour"])], remainder="passthrough")
+model = make_pipeline(pre, LogisticRegression()).fit(df, y)
+joblib.dump(model, os.path.join(os.environ["MLGW_OUTPUT_DIR"], "model.joblib"))
+"""
+
+
+def test_mixed_dataframe_and_string_outputs(client: mlgw.Client, gateway: Gateway) -> None:
+    """A DataFrame with a string column goes as one tensor per column (content_type pd) and
+    string predictions come back as BYTES, decoded to str."""
+    job = client.train([gateway.python, "-c", MIXED_TRAIN]).wait(timeout=180, progress=False)
+    ep = client.deploy(job.output_uri, model_format="sklearn", name="sdk-mixed")
+    try:
+        ep.wait_ready(timeout=180)
+        x = pd.DataFrame({"colour": ["red", "blue"], "size": [1.2, 2.2]})
+        got = ep.predict(x)
+        assert isinstance(got, np.ndarray)
+        assert got.dtype == object and got.ravel().tolist() == ["hot", "cold"]
+    finally:
+        ep.delete()
