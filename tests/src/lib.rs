@@ -1,6 +1,8 @@
 //! Test harness: starts the real gateway binary on a fresh data dir, connects to it, and waits
 //! on conditions with bounds (never on luck).
 
+pub mod cluster;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -25,7 +27,7 @@ pub fn venv() -> PathBuf {
         });
     assert!(
         v.join("bin/python").exists(),
-        "no Python venv at {} (run .ci/run, or scripts/setup-python, or set MLGW_TEST_VENV)",
+        "no Python venv at {} (run tests/setup-python, or set MLGW_TEST_VENV)",
         v.display()
     );
     v

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, LogParams, Patch, PatchParams,
-    PropagationPolicy, WatchEvent, WatchParams,
+    PropagationPolicy, ValidationDirective, WatchEvent, WatchParams,
 };
 use kube::core::GroupVersionKind;
 use kube::discovery::{self, Scope};
@@ -69,8 +69,14 @@ pub fn map_error(e: kube::Error) -> BackendError {
                         .as_ref()
                         .and_then(|d| d.causes.iter().find(|c| !c.field.is_empty()))
                         .map(|c| c.field.clone())
+                        .or_else(|| field_in_message(&msg))
                         .unwrap_or_default();
                     invalid(&field, msg)
+                }
+                // Server-side apply reports a document that does not fit the schema's types
+                // as a 500; it is the document's fault, not the server's.
+                500 if msg.starts_with("failed to create typed patch object") => {
+                    invalid(&field_in_message(&msg).unwrap_or_default(), msg)
                 }
                 429 | 500..=599 => BackendError::Unavailable(msg),
                 _ => BackendError::Internal(format!("{} {}: {msg}", s.code, s.reason)),
@@ -81,6 +87,18 @@ pub fn map_error(e: kube::Error) -> BackendError {
         }
         other => BackendError::Internal(format!("Kubernetes client: {other}")),
     }
+}
+
+/// The field path in the messages the API server gives without structured causes:
+/// `... (ns/name; group/version, Kind=K): .spec.a.b: expected ...` from server-side apply and
+/// `strict decoding error: unknown field "spec.x"` from strict field validation.
+fn field_in_message(msg: &str) -> Option<String> {
+    if let Some((_, rest)) = msg.split_once("): .") {
+        let path = rest.split(": ").next()?;
+        return Some(path.trim().to_string()).filter(|p| !p.is_empty());
+    }
+    let (_, rest) = msg.split_once("unknown field \"")?;
+    rest.split('"').next().map(str::to_string)
 }
 
 fn bounded(doc: String) -> Result<String, BackendError> {
@@ -251,7 +269,11 @@ impl KubeCapability {
         if let Some(ns) = self.authorize(&api_version, &kind, &namespace)? {
             doc["metadata"]["namespace"] = Value::String(ns);
         }
-        let pp = PatchParams::apply(&self.field_manager).force();
+        // Strict: a misspelt field is an error rather than silently dropped.
+        let pp = PatchParams {
+            field_validation: Some(ValidationDirective::Strict),
+            ..PatchParams::apply(&self.field_manager).force()
+        };
         let stored = api
             .patch(&name, &pp, &Patch::Apply(&doc))
             .await
@@ -556,5 +578,23 @@ mod tests {
             map_error(status(503, none())),
             BackendError::Unavailable(_)
         ));
+    }
+
+    #[test]
+    fn field_paths_are_found_in_unstructured_messages() {
+        assert_eq!(
+            field_in_message(
+                "failed to create typed patch object (team-a/x; kubeflow.org/v1, Kind=PyTorchJob): \
+                 .spec.pytorchReplicaSpecs.Master.replicas: expected numeric (int or float), got string"
+            )
+            .as_deref(),
+            Some("spec.pytorchReplicaSpecs.Master.replicas")
+        );
+        assert_eq!(
+            field_in_message(r#"PyTorchJob in version "v1" cannot be handled as a PyTorchJob: strict decoding error: unknown field "spec.replicaz""#)
+                .as_deref(),
+            Some("spec.replicaz")
+        );
+        assert_eq!(field_in_message("something else"), None);
     }
 }
