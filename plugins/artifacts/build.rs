@@ -16,6 +16,11 @@ const COMPONENTS: &[(&str, &str, &str)] = &[
         "mlgw_fixture_hostile.wasm",
         "hostile.wasm",
     ),
+    (
+        "mlgw-fixture-kube-manifest",
+        "mlgw_fixture_kube_manifest.wasm",
+        "kube-manifest.wasm",
+    ),
 ];
 
 /// Sources the components are built from, relative to the workspace root.

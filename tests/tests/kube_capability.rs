@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use mlgw::capabilities::kube::KubeCapability;
 use mlgw::config::KubeGrant;
-use mlgw::runtime::bindings::mlgw::backend::kube::{ObjectRef, Propagation};
+use mlgw::runtime::bindings::mlgw::backend::kube::{LogRequest, ObjectRef, Propagation};
 use mlgw::runtime::bindings::mlgw::backend::types::BackendError;
 use mlgw_tests::cluster::{client, cluster, unique};
 use mlgw_tests::wait_for;
@@ -164,6 +164,28 @@ async fn a_pytorchjob_runs_through_the_operator_to_success() {
         assert_eq!(p["status"]["phase"], "Succeeded");
         assert_eq!(p["spec"]["nodeName"], "kwok-gpu-0");
     }
+
+    // Pod logs come from the node (KWOK plays the kubelet) through the API server.
+    let master = format!("{name}-master-0");
+    let request = |tail_lines| LogRequest {
+        namespace: String::new(),
+        pod: master.clone(),
+        container: Some("pytorch".into()),
+        since_seconds: None,
+        tail_lines,
+        limit_bytes: None,
+        timestamps: false,
+        follow_ms: 0,
+    };
+    let all = k.pod_logs(&request(None)).await.expect("pod logs");
+    assert_eq!(
+        all.lines().collect::<Vec<_>>(),
+        (1..=3)
+            .map(|i| format!("fake training log line {i}"))
+            .collect::<Vec<_>>()
+    );
+    let last = k.pod_logs(&request(Some(1))).await.expect("tail");
+    assert_eq!(last.trim_end(), "fake training log line 3");
 
     // Foreground deletion takes the pods with it.
     k.delete(&r, Propagation::Foreground).await.expect("delete");

@@ -11,6 +11,10 @@ pub const LOCAL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/local.wasm"))
 /// from disk in tests.
 pub const HOSTILE_PATH: &str = concat!(env!("OUT_DIR"), "/hostile.wasm");
 
+/// Absolute path of the test plugin that applies a raw Kubernetes manifest through the kube
+/// capability (`tests/fixtures/plugins/kube-manifest`).
+pub const KUBE_MANIFEST_PATH: &str = concat!(env!("OUT_DIR"), "/kube-manifest.wasm");
+
 /// The plugins built into the gateway, by the name a target's `plugin` setting uses.
 pub fn bundled() -> &'static [(&'static str, &'static [u8])] {
     &[("local", LOCAL)]
@@ -31,7 +35,8 @@ mod tests {
             bundled().iter().map(|(n, _)| *n).collect::<Vec<_>>(),
             ["local"]
         );
-        let hostile = std::fs::read(HOSTILE_PATH).unwrap();
-        assert!(is_component(&hostile));
+        for path in [HOSTILE_PATH, KUBE_MANIFEST_PATH] {
+            assert!(is_component(&std::fs::read(path).unwrap()), "{path}");
+        }
     }
 }
