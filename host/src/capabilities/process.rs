@@ -6,8 +6,10 @@
 //! a registry of what each target started, so a plugin can only look at or signal its own
 //! processes, never an arbitrary pid.
 
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::ProcessGrant;
@@ -20,6 +22,7 @@ use crate::runtime::bindings::mlgw::backend::types::Denial;
 const MAX_ARGS: usize = 4096;
 const MAX_ARG_BYTES: usize = 1 << 20;
 const MAX_GRACE_MS: u32 = 60_000;
+const MAX_PIDFDS: usize = 4096;
 
 pub struct ProcessCapability {
     target: String,
@@ -29,6 +32,26 @@ pub struct ProcessCapability {
     inherited_env: Vec<(String, String)>,
     supervisor: PathBuf,
     registry: sled::Tree,
+    /// A pidfd per live process, opened on the first liveness check that found it alive.
+    /// Later checks poll it (one syscall) instead of reading and parsing /proc/<pid>/stat,
+    /// which was a sixth of a status call. A pidfd pins the process it was opened for, so a
+    /// recycled pid can never be mistaken for it; it is dropped once the process has ended.
+    pidfds: Mutex<HashMap<(u32, u64), OwnedFd>>,
+}
+
+/// Whether the process behind a pidfd has ended (it is readable from then on).
+fn pidfd_exited(fd: &OwnedFd) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut fds, Some(&now)) {
+        Ok(n) => n > 0,
+        // Cannot tell: let the caller fall back to /proc.
+        Err(_) => true,
+    }
 }
 
 /// What the supervisor leaves behind when its process ends.
@@ -88,6 +111,7 @@ impl ProcessCapability {
                 .collect(),
             supervisor,
             registry,
+            pidfds: Mutex::default(),
         })
     }
 
@@ -133,8 +157,32 @@ impl ProcessCapability {
         }
     }
 
-    fn alive(h: &ProcessHandle) -> bool {
-        matches!(proc_stat(h.pid), Some((start, false)) if start == h.start_ticks)
+    fn alive(&self, h: &ProcessHandle) -> bool {
+        let key = (h.pid, h.start_ticks);
+        {
+            let mut pidfds = self.pidfds.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(fd) = pidfds.get(&key) {
+                if !pidfd_exited(fd) {
+                    return true;
+                }
+                pidfds.remove(&key);
+            }
+        }
+        // Opened before /proc is read: if /proc then shows the expected start time, the
+        // process was alive at both moments, so the pidfd is for this very process.
+        let fd = rustix::process::Pid::from_raw(h.pid as i32).and_then(|pid| {
+            rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+        });
+        let alive = matches!(proc_stat(h.pid), Some((start, false)) if start == h.start_ticks);
+        if let (true, Some(fd)) = (alive, fd) {
+            let mut pidfds = self.pidfds.lock().unwrap_or_else(|e| e.into_inner());
+            // A cache, not a registry: processes nobody asks about again are forgotten.
+            if pidfds.len() >= MAX_PIDFDS {
+                pidfds.clear();
+            }
+            pidfds.insert(key, fd);
+        }
+        alive
     }
 
     pub async fn spawn(&self, req: SpawnRequest) -> Result<ProcessHandle, ProcessError> {
@@ -225,7 +273,7 @@ impl ProcessCapability {
         if let Some(s) = Self::read_exit(&exit) {
             return Ok(s);
         }
-        if Self::alive(h) {
+        if self.alive(h) {
             return Ok(ProcessState::Running);
         }
         // The supervisor writes the file before it exits; look once more to close the race.
@@ -234,7 +282,7 @@ impl ProcessCapability {
 
     pub fn terminate_group(&self, h: &ProcessHandle, grace_ms: u32) -> Result<(), ProcessError> {
         self.known(h)?;
-        if !Self::alive(h) {
+        if !self.alive(h) {
             return Ok(());
         }
         let Some(pgid) = rustix::process::Pid::from_raw(h.pid as i32) else {
@@ -444,6 +492,55 @@ mod tests {
         let (start, zombie) = proc_stat(std::process::id()).unwrap();
         assert!(start > 0);
         assert!(!zombie);
+    }
+
+    #[test]
+    fn liveness_follows_the_process_and_never_a_recycled_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let cap = ProcessCapability::new(
+            "t",
+            dir.path(),
+            &ProcessGrant::default(),
+            db.open_tree("p").unwrap(),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let h = ProcessHandle {
+            pid,
+            start_ticks: proc_stat(pid).unwrap().0,
+        };
+        assert!(cap.alive(&h), "first check, through /proc");
+        assert!(cap.alive(&h), "second check, through the cached pidfd");
+        assert_eq!(cap.pidfds.lock().unwrap().len(), 1);
+        // Same pid, another start time: what a recycled pid looks like.
+        let stranger = ProcessHandle {
+            pid,
+            start_ticks: h.start_ticks + 1,
+        };
+        assert!(!cap.alive(&stranger));
+
+        child.kill().unwrap();
+        // Not yet reaped (a zombie): ended all the same.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while cap.alive(&h) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still alive after kill"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.wait().unwrap();
+        assert!(!cap.alive(&h), "ended, seen through the pidfd");
+        assert!(
+            cap.pidfds.lock().unwrap().is_empty(),
+            "its pidfd is dropped"
+        );
+        assert!(!cap.alive(&h));
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! the lot) and, as the baseline, a bare tonic TrainingService whose Get returns a fixed job;
 //! then it drives both with the same clients, alternating rounds so machine noise hits both
 //! alike, and prints throughput, p50/p99 and the ratio to the baseline. It also samples plugin
-//! instantiation latency.
+//! instantiation latency and the latency of a whole status call through the local plugin.
 //!
+//! cargo build --release -p mlgw   # local jobs run under `mlgw supervise`
 //! cargo run --release -p mlgw-tests --bin mlgw-loadgen -- [--clients 1,64] [--seconds 5] [--rounds 3]
 
 use std::net::SocketAddr;
@@ -132,6 +133,19 @@ async fn main() {
     let secs: f64 = arg("--seconds", "5").parse().unwrap();
     let rounds: usize = arg("--rounds", "3").parse().unwrap();
 
+    // Local jobs run under `mlgw supervise`; this binary is not mlgw, so point the process
+    // capability at the mlgw binary built beside it.
+    if std::env::var_os("MLGW_SUPERVISOR").is_none() {
+        let mlgw = std::env::current_exe().unwrap().with_file_name("mlgw");
+        assert!(
+            mlgw.exists(),
+            "{} is missing: cargo build --release -p mlgw first, or set MLGW_SUPERVISOR",
+            mlgw.display()
+        );
+        // SAFETY: no other thread reads the environment yet.
+        unsafe { std::env::set_var("MLGW_SUPERVISOR", mlgw) };
+    }
+
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::embedded();
     cfg.data_dir = dir.path().to_path_buf();
@@ -222,5 +236,38 @@ async fn main() {
         lat[n / 2].as_micros(),
         lat[n * 99 / 100].as_micros()
     );
+
+    // A whole status call for a running local job: admit, instantiate, the plugin's WIT
+    // call and its host call into the process capability.
+    let spec = TrainingSpec {
+        command: vec!["sleep".into(), "600".into()],
+        ..Default::default()
+    };
+    let running = gw.submit_job("local", spec, None).await.unwrap();
+    let r = running.backend_ref.clone().unwrap();
+    let status = || async {
+        let obs = gw
+            .runtime
+            .training_status(&t, &running.id, &r)
+            .await
+            .unwrap();
+        assert_eq!(obs.state, JobState::Running);
+    };
+    for _ in 0..200 {
+        status().await;
+    }
+    let mut lat = Vec::new();
+    for _ in 0..n {
+        let s = Instant::now();
+        status().await;
+        lat.push(s.elapsed());
+    }
+    lat.sort();
+    println!(
+        "status call ({n} samples): p50 {} µs, p99 {} µs",
+        lat[n / 2].as_micros(),
+        lat[n * 99 / 100].as_micros()
+    );
+    gw.cancel_job(&running.id).await.unwrap();
     let _ = Arc::strong_count(&gw);
 }
