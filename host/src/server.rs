@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
@@ -53,7 +53,12 @@ pub async fn serve(
     on_listening(addr);
     tonic::transport::Server::builder()
         .add_routes(api::routes(gw.clone())?)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // Responses are small frames written back to back; with Nagle on, one can wait for
+        // the client's delayed ACK (tens of milliseconds) behind the previous one.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     let _ = stop_tx.send(true);
     let _ = reconciler.await;

@@ -16,7 +16,7 @@ use mlgw::api::pb::{
 };
 use mlgw::config::Config;
 use mlgw::domain::{Job, JobState, TrainingSpec, now_ms};
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 /// The baseline: a handler that does nothing but answer.
@@ -65,7 +65,7 @@ async fn serve(routes: tonic::service::Routes) -> SocketAddr {
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_routes(routes)
-            .serve_with_incoming(TcpListenerStream::new(l))
+            .serve_with_incoming(TcpIncoming::from(l).with_nodelay(Some(true)))
             .await
             .unwrap()
     });
