@@ -249,8 +249,7 @@ impl ProcessCapability {
         self.registry
             .insert(registry_key(&handle), req.program.as_bytes())
             .map_err(|e| ProcessError::Io(format!("process registry: {e}")))?;
-        self.registry
-            .flush_async()
+        crate::store::flush_tree(&self.registry)
             .await
             .map_err(|e| ProcessError::Io(format!("process registry: {e}")))?;
         tracing::info!(target = %self.target, pid, program = %req.program, "started process");

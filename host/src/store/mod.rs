@@ -25,6 +25,15 @@ pub enum StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+/// Flushes a tree (or the whole database) without sled's `flush_async`; see `Store::flush`.
+pub async fn flush_tree(tree: &sled::Tree) -> Result<()> {
+    let tree = tree.clone();
+    tokio::task::spawn_blocking(move || tree.flush())
+        .await
+        .map_err(|e| StoreError::Sled(sled::Error::ReportableBug(format!("flush task: {e}"))))??;
+    Ok(())
+}
+
 /// A change a watcher may care about.
 #[derive(Debug, Clone)]
 pub enum Change {
@@ -107,9 +116,12 @@ impl Store {
         Ok(self.db.open_tree(name)?)
     }
 
+    /// Makes every write so far durable. sled's own `flush_async` runs on sled's small I/O
+    /// pool, which also writes the log buffers; enough concurrent flushes fill that pool with
+    /// waiters and nothing is left to write, so the gateway hung under concurrent submits. A
+    /// blocking flush on tokio's blocking pool leaves sled's pool free to do the writing.
     pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
-        Ok(())
+        flush_tree(&self.db).await
     }
 
     /// Records a new job, or returns the one an earlier call with the same key created.
