@@ -312,3 +312,43 @@ async fn follow_streams_log_lines_as_they_are_written() {
         (0..5).map(|i| format!("line {i}")).collect::<Vec<_>>()
     );
 }
+
+/// The reconciler retries pending jobs that have no backend ref yet; it must never hand a job
+/// to its backend while Submit is still doing so, or the job runs twice (or the second hand-over
+/// trips over the first's files). A reconciler ticking every millisecond makes the overlap
+/// near certain without the guard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_submissions_start_each_job_exactly_once() {
+    const JOBS: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let starts = dir.path().join("starts");
+    let gw = Gateway::start(
+        BIN,
+        &dir.path().join("data"),
+        Some("[limits]\nreconcile_interval_ms = 1\n[targets.local]\nplugin = \"local\"\n[targets.local.grants.process]\n"),
+    )
+    .await;
+    let c = gw.training().await;
+    let submissions = (0..JOBS).map(|_| {
+        let mut c = c.clone();
+        // Each process records the job directory it runs in.
+        let cmd = format!("basename \"$PWD\" >> {}", starts.display());
+        async move { submit(&mut c, "local", spec(&["sh", "-c", &cmd])).await }
+    });
+    let jobs: Vec<pb::Job> = futures::future::join_all(submissions)
+        .await
+        .into_iter()
+        .map(|r| r.expect("every concurrent submit succeeds"))
+        .collect();
+    let mut t = c.clone();
+    for j in &jobs {
+        let done = wait_job(&mut t, &j.id, JOB_TIMEOUT).await;
+        assert_eq!(state(&done), pb::JobState::Succeeded, "{}", done.message);
+    }
+    let text = std::fs::read_to_string(&starts).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), JOBS, "each job's process ran once: {lines:?}");
+    lines.sort();
+    lines.dedup();
+    assert_eq!(lines.len(), JOBS, "no job ran twice");
+}

@@ -83,6 +83,15 @@ impl Gateway {
     /// Hands a recorded job to its backend. A transient failure leaves it pending for the
     /// reconciler to retry under the same backend name; any other failure ends it.
     pub(crate) async fn start_job(&self, t: &Target, job: &Job) -> Result<Job> {
+        let Some(_claim) = self.claim_start(&job.id) else {
+            // Another task is handing this job over right now; it records the outcome.
+            return Ok(self.store.job(&job.id)?);
+        };
+        // The caller's copy may predate a start that finished meanwhile.
+        let job = self.store.job(&job.id)?;
+        if job.backend_ref.is_some() || job.state.is_terminal() {
+            return Ok(job);
+        }
         match self.runtime.submit_training(t, &job.id, &job.spec).await {
             Ok(r) => Ok(self.store.update_job(&job.id, |j| {
                 j.backend_state = format!("submitted as {}", r.name);

@@ -5,7 +5,8 @@
 mod endpoints;
 mod jobs;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use crate::dataplane::DataPlane;
 use crate::error::{GatewayError, Result};
@@ -24,6 +25,26 @@ pub struct Gateway {
     pub dataplane: DataPlane,
     /// How often follow-mode log streams poll a backend that has nothing new.
     pub log_poll: std::time::Duration,
+    /// Jobs whose submission to their backend is in flight. The reconciler retries pending
+    /// jobs without a backend ref; without this it would submit a job a second time while
+    /// Submit is still handing it over, and two submits racing in one backend can both
+    /// start it.
+    starting: Mutex<HashSet<String>>,
+}
+
+/// Holds a job's place in `Gateway::starting` until dropped.
+struct Starting<'g> {
+    set: &'g Mutex<HashSet<String>>,
+    id: String,
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
 }
 
 impl Gateway {
@@ -33,7 +54,17 @@ impl Gateway {
             runtime,
             dataplane: DataPlane::new(),
             log_poll,
+            starting: Mutex::default(),
         }
+    }
+
+    /// Claims the start of a job; None while another task is starting it.
+    fn claim_start(&self, id: &str) -> Option<Starting<'_>> {
+        let mut set = self.starting.lock().unwrap_or_else(|e| e.into_inner());
+        set.insert(id.to_string()).then(|| Starting {
+            set: &self.starting,
+            id: id.to_string(),
+        })
     }
 
     /// The named target, or the default one when the name is empty.
