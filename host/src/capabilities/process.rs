@@ -486,6 +486,15 @@ pub fn supervise(log: &Path, exit: &Path, program: &str, args: &[String]) -> i32
 mod tests {
     use super::*;
 
+    /// A capability for target "t" rooted in a fresh directory, with a throwaway registry.
+    fn capability(grant: &ProcessGrant) -> (tempfile::TempDir, ProcessCapability) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let cap =
+            ProcessCapability::new("t", dir.path(), grant, db.open_tree("p").unwrap()).unwrap();
+        (dir, cap)
+    }
+
     #[test]
     fn reads_own_start_time() {
         let (start, zombie) = proc_stat(std::process::id()).unwrap();
@@ -495,15 +504,7 @@ mod tests {
 
     #[test]
     fn liveness_follows_the_process_and_never_a_recycled_pid() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let cap = ProcessCapability::new(
-            "t",
-            dir.path(),
-            &ProcessGrant::default(),
-            db.open_tree("p").unwrap(),
-        )
-        .unwrap();
+        let (_dir, cap) = capability(&ProcessGrant::default());
         let mut child = std::process::Command::new("sleep")
             .arg("600")
             .spawn()
@@ -544,15 +545,7 @@ mod tests {
 
     #[test]
     fn paths_stay_under_the_root() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let cap = ProcessCapability::new(
-            "t",
-            dir.path(),
-            &ProcessGrant::default(),
-            db.open_tree("p").unwrap(),
-        )
-        .unwrap();
+        let (_dir, cap) = capability(&ProcessGrant::default());
         assert!(cap.resolve("jobs/a/logs.txt", "x").is_ok());
         for bad in ["/etc/passwd", "../x", "jobs/../../x"] {
             assert!(
@@ -564,15 +557,7 @@ mod tests {
 
     #[test]
     fn unknown_handles_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let cap = ProcessCapability::new(
-            "t",
-            dir.path(),
-            &ProcessGrant::default(),
-            db.open_tree("p").unwrap(),
-        )
-        .unwrap();
+        let (_dir, cap) = capability(&ProcessGrant::default());
         // Our own pid is alive, but this target never started it: it must not be signalled.
         let me = ProcessHandle {
             pid: std::process::id(),
@@ -586,14 +571,10 @@ mod tests {
 
     #[test]
     fn program_allow_list() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let grant = ProcessGrant {
+        let (_dir, cap) = capability(&ProcessGrant {
             programs: vec!["python3".into()],
             ..Default::default()
-        };
-        let cap =
-            ProcessCapability::new("t", dir.path(), &grant, db.open_tree("p").unwrap()).unwrap();
+        });
         assert!(cap.program_allowed("python3"));
         assert!(cap.program_allowed("/usr/bin/python3"));
         assert!(!cap.program_allowed("bash"));

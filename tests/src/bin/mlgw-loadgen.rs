@@ -116,6 +116,25 @@ async fn drive(addr: SocketAddr, id: &str, clients: usize, secs: f64) -> Run {
     }
 }
 
+/// Runs `op` sequentially, 200 times to warm up and then `n` times timed, and prints p50/p99.
+async fn sample<F: std::future::Future<Output = ()>>(what: &str, n: usize, op: impl Fn() -> F) {
+    for _ in 0..200 {
+        op().await;
+    }
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = Instant::now();
+        op().await;
+        lat.push(s.elapsed());
+    }
+    lat.sort();
+    println!(
+        "{what} ({n} samples): p50 {} µs, p99 {} µs",
+        lat[n / 2].as_micros(),
+        lat[n * 99 / 100].as_micros()
+    );
+}
+
 fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -220,22 +239,11 @@ async fn main() {
 
     // Instantiation: admit + fresh Store + instantiate + drop, sequentially.
     let t = gw.runtime.target("local").unwrap().clone();
-    for _ in 0..200 {
-        gw.runtime.check(&t).await.unwrap();
-    }
-    let mut lat = Vec::new();
     let n: usize = arg("--instantiations", "5000").parse().unwrap();
-    for _ in 0..n {
-        let s = Instant::now();
-        gw.runtime.check(&t).await.unwrap();
-        lat.push(s.elapsed());
-    }
-    lat.sort();
-    println!(
-        "instantiate ({n} samples): p50 {} µs, p99 {} µs",
-        lat[n / 2].as_micros(),
-        lat[n * 99 / 100].as_micros()
-    );
+    sample("instantiate", n, || async {
+        gw.runtime.check(&t).await.unwrap()
+    })
+    .await;
 
     // A whole status call for a running local job: admit, instantiate, the plugin's WIT
     // call and its host call into the process capability.
@@ -253,21 +261,7 @@ async fn main() {
             .unwrap();
         assert_eq!(obs.state, JobState::Running);
     };
-    for _ in 0..200 {
-        status().await;
-    }
-    let mut lat = Vec::new();
-    for _ in 0..n {
-        let s = Instant::now();
-        status().await;
-        lat.push(s.elapsed());
-    }
-    lat.sort();
-    println!(
-        "status call ({n} samples): p50 {} µs, p99 {} µs",
-        lat[n / 2].as_micros(),
-        lat[n * 99 / 100].as_micros()
-    );
+    sample("status call", n, status).await;
     gw.cancel_job(&running.id).await.unwrap();
     let _ = Arc::strong_count(&gw);
 }
