@@ -19,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("mlgw_descriptor.bin"))
         .compile_protos(&files, std::slice::from_ref(&proto_root))?;
-    println!("cargo:rerun-if-changed={}", proto_root.display());
+    // Relative to this package: a build directory shared with a checkout at another path
+    // must watch this checkout's protos, not the first one's.
+    println!("cargo:rerun-if-changed=../proto");
     Ok(())
 }

@@ -10,17 +10,17 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use mlgw::capabilities::process::ProcessCapability;
 use mlgw::config::Config;
+use mlgw::contract::mlgw::backend::process::{ProcessHandle, ProcessState};
 use mlgw::domain::{JobState, TrainingSpec};
 use mlgw::gateway::Gateway;
-use mlgw::runtime::bindings::mlgw::backend::process::{ProcessHandle, ProcessState};
 
 /// The local plugin's status mapping, written natively.
-fn native_status(
+async fn native_status(
     cap: &ProcessCapability,
     h: &ProcessHandle,
     exit_file: &str,
 ) -> (JobState, String) {
-    match cap.state(h, exit_file).expect("state") {
+    match cap.state(h, exit_file).await.expect("state") {
         ProcessState::Running => (JobState::Running, format!("running pid {}", h.pid)),
         ProcessState::Exited(0) => (JobState::Succeeded, "exit 0".into()),
         ProcessState::Exited(c) => (JobState::Failed, format!("exit {c}")),
@@ -52,7 +52,7 @@ fn bench(c: &mut Criterion) {
     let exit_file = format!("jobs/{}/exit.json", mlgw::domain::backend_name(&job.id));
     let cap = t.caps.process.clone().unwrap();
     assert_eq!(
-        native_status(&cap, &handle, &exit_file).0,
+        rt.block_on(native_status(&cap, &handle, &exit_file)).0,
         JobState::Running
     );
     let obs = rt
@@ -62,7 +62,8 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("job_status");
     g.bench_function("native", |b| {
-        b.iter(|| black_box(native_status(&cap, &handle, &exit_file)))
+        b.to_async(&rt)
+            .iter(|| async { black_box(native_status(&cap, &handle, &exit_file).await) })
     });
     g.bench_function("plugin", |b| {
         b.to_async(&rt).iter(|| async {

@@ -50,12 +50,41 @@ pub struct TargetConfig {
     pub grants: Grants,
 }
 
-/// Capabilities the operator grants a target. Anything not granted answers `denied`.
+/// Capabilities the operator grants a target. Anything not granted answers `denied`; `log` is
+/// always granted, within its bounds.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grants {
     pub process: Option<ProcessGrant>,
     pub kube: Option<KubeGrant>,
+    #[serde(default)]
+    pub log: LogGrant,
+}
+
+/// How much a target's plugin may write into the gateway's log. Over the budget, messages are
+/// dropped and counted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogGrant {
+    pub lines_per_call: u32,
+    pub bytes_per_call: u64,
+    /// Shared by all the target's calls.
+    pub lines_per_second: u32,
+    pub bytes_per_second: u64,
+    /// Longer messages are cut.
+    pub max_line_bytes: u32,
+}
+
+impl Default for LogGrant {
+    fn default() -> Self {
+        Self {
+            lines_per_call: 200,
+            bytes_per_call: 256 * 1024,
+            lines_per_second: 100,
+            bytes_per_second: 256 * 1024,
+            max_line_bytes: 4096,
+        }
+    }
 }
 
 impl Grants {
@@ -102,12 +131,24 @@ pub struct ProcessGrant {
     /// The directory the plugin's processes and files live under. Default:
     /// `<data_dir>/targets/<target>`.
     pub root: Option<PathBuf>,
-    /// Programs the plugin may start, by name or path; "*" allows any.
+    /// Programs the plugin may start: bare names (looked up through `path`) and absolute
+    /// paths, matched exactly; "*" allows any.
     #[serde(default = "any_program")]
     pub programs: Vec<String>,
+    /// Where bare program names are looked up. Default: the gateway's own PATH when it starts.
+    pub path: Option<Vec<PathBuf>>,
+    /// Whether a program inside `root` (where the plugin can write any file) may run.
+    #[serde(default)]
+    pub allow_programs_in_root: bool,
     /// Environment variables passed through from the gateway to started processes.
     #[serde(default = "default_inherit_env")]
     pub inherit_env: Vec<String>,
+    /// Loader and interpreter variables (LD_PRELOAD, PYTHONPATH, PATH, …) the plugin may set.
+    #[serde(default)]
+    pub allow_env: Vec<String>,
+    /// Processes of this target alive at once; further spawns answer `exhausted`.
+    #[serde(default = "default_max_processes")]
+    pub max_processes: u32,
 }
 
 impl Default for ProcessGrant {
@@ -115,9 +156,33 @@ impl Default for ProcessGrant {
         Self {
             root: None,
             programs: any_program(),
+            path: None,
+            allow_programs_in_root: false,
             inherit_env: default_inherit_env(),
+            allow_env: Vec::new(),
+            max_processes: default_max_processes(),
         }
     }
+}
+
+impl ProcessGrant {
+    /// The directories bare program names resolve through.
+    pub fn search_path(&self) -> Vec<PathBuf> {
+        match &self.path {
+            Some(p) => p.clone(),
+            None => std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn any_program(&self) -> bool {
+        self.programs.iter().any(|p| p == "*")
+    }
+}
+
+fn default_max_processes() -> u32 {
+    64
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -190,6 +255,7 @@ impl Config {
                 grants: Grants {
                     process: Some(ProcessGrant::default()),
                     kube: None,
+                    log: LogGrant::default(),
                 },
             },
         );
@@ -243,6 +309,33 @@ impl Config {
                 return Err(ConfigError::Invalid(format!(
                     "target name {name:?}: only letters, digits, '-' and '_'"
                 )));
+            }
+            if let Some(p) = &t.grants.process {
+                // A target that runs any program runs users' commands as the gateway's user:
+                // fine on a laptop, not for whoever can reach a network listener.
+                if p.any_program() && !self.listen.ip().is_loopback() {
+                    return Err(ConfigError::Invalid(format!(
+                        "targets.{name}.grants.process.programs: \"*\" (any program, the default) \
+                         is only allowed when the gateway listens on a loopback address, not on {}; \
+                         list the programs this target may run",
+                        self.listen
+                    )));
+                }
+                if p.max_processes == 0 {
+                    return Err(ConfigError::Invalid(format!(
+                        "targets.{name}.grants.process.max_processes: must be positive"
+                    )));
+                }
+                for prog in &p.programs {
+                    if prog != "*"
+                        && (prog.is_empty() || (!prog.starts_with('/') && prog.contains('/')))
+                    {
+                        return Err(ConfigError::Invalid(format!(
+                            "targets.{name}.grants.process.programs: {prog:?} is neither a bare \
+                             name nor an absolute path"
+                        )));
+                    }
+                }
             }
             if let Some(k) = &t.grants.kube {
                 if k.namespaces.is_empty() {

@@ -6,6 +6,7 @@ pub mod api;
 pub mod capabilities;
 pub mod cli;
 pub mod config;
+pub mod contract;
 pub mod dataplane;
 pub mod domain;
 pub mod error;

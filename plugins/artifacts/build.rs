@@ -63,10 +63,10 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
 
     for input in INPUTS {
-        println!(
-            "cargo::rerun-if-changed={}",
-            workspace.join(input).display()
-        );
+        // Relative to this package, not absolute: a build directory shared by checkouts at
+        // other paths (a CI cache, a worktree) must watch *this* checkout's sources, and cargo
+        // resolves relative paths against the package being built.
+        println!("cargo::rerun-if-changed=../../{input}");
     }
 
     if let Err(message) = build(&workspace, &out_dir) {

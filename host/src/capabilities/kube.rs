@@ -4,7 +4,7 @@
 //! documents, never the credentials.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
@@ -17,11 +17,10 @@ use kube::discovery::{self, Scope};
 use serde_json::Value;
 
 use crate::config::KubeGrant;
-use crate::runtime::HostState;
-use crate::runtime::bindings::mlgw::backend::kube::{
+use crate::contract::mlgw::backend::kube::{
     self as wit, LogRequest, ObjectRef, Propagation, WatchEvent as WitEvent,
 };
-use crate::runtime::bindings::mlgw::backend::types::{BackendError, Denial, FieldError};
+use crate::contract::types::{BackendError, Denial, FieldError};
 
 /// Documents larger than this are refused rather than copied into the plugin.
 const MAX_DOCUMENT: usize = 4 << 20;
@@ -404,25 +403,39 @@ impl KubeCapability {
     }
 }
 
-fn not_granted(state: &HostState) -> BackendError {
-    denied(format!(
-        "target {} is not granted the kube capability",
-        state.target
-    ))
+/// The capability as one call's Store sees it: granted or not.
+pub struct KubeCall {
+    target: Arc<str>,
+    cap: Option<Arc<KubeCapability>>,
 }
 
-impl wit::Host for HostState {
+impl KubeCall {
+    pub fn new(target: Arc<str>, cap: Option<Arc<KubeCapability>>) -> Self {
+        Self { target, cap }
+    }
+
+    fn granted(&self) -> Result<Arc<KubeCapability>, BackendError> {
+        self.cap.clone().ok_or_else(|| {
+            denied(format!(
+                "target {} is not granted the kube capability",
+                self.target
+            ))
+        })
+    }
+}
+
+impl wit::Host for KubeCall {
     async fn apply(&mut self, object: String) -> wasmtime::Result<Result<String, BackendError>> {
-        Ok(match self.kube.clone() {
-            Some(k) => k.apply(&object).await,
-            None => Err(not_granted(self)),
+        Ok(match self.granted() {
+            Ok(k) => k.apply(&object).await,
+            Err(e) => Err(e),
         })
     }
 
     async fn get(&mut self, r: ObjectRef) -> wasmtime::Result<Result<String, BackendError>> {
-        Ok(match self.kube.clone() {
-            Some(k) => k.get(&r).await,
-            None => Err(not_granted(self)),
+        Ok(match self.granted() {
+            Ok(k) => k.get(&r).await,
+            Err(e) => Err(e),
         })
     }
 
@@ -433,12 +446,12 @@ impl wit::Host for HostState {
         namespace: String,
         label_selector: String,
     ) -> wasmtime::Result<Result<String, BackendError>> {
-        Ok(match self.kube.clone() {
-            Some(k) => {
+        Ok(match self.granted() {
+            Ok(k) => {
                 k.list(&api_version, &kind, &namespace, &label_selector)
                     .await
             }
-            None => Err(not_granted(self)),
+            Err(e) => Err(e),
         })
     }
 
@@ -447,9 +460,9 @@ impl wit::Host for HostState {
         r: ObjectRef,
         propagation: Propagation,
     ) -> wasmtime::Result<Result<(), BackendError>> {
-        Ok(match self.kube.clone() {
-            Some(k) => k.delete(&r, propagation).await,
-            None => Err(not_granted(self)),
+        Ok(match self.granted() {
+            Ok(k) => k.delete(&r, propagation).await,
+            Err(e) => Err(e),
         })
     }
 
@@ -459,9 +472,9 @@ impl wit::Host for HostState {
         resource_version: String,
         timeout_seconds: u32,
     ) -> wasmtime::Result<Result<Vec<WitEvent>, BackendError>> {
-        Ok(match self.kube.clone() {
-            Some(k) => k.watch(&r, &resource_version, timeout_seconds).await,
-            None => Err(not_granted(self)),
+        Ok(match self.granted() {
+            Ok(k) => k.watch(&r, &resource_version, timeout_seconds).await,
+            Err(e) => Err(e),
         })
     }
 
@@ -469,9 +482,9 @@ impl wit::Host for HostState {
         &mut self,
         req: LogRequest,
     ) -> wasmtime::Result<Result<String, BackendError>> {
-        Ok(match self.kube.clone() {
-            Some(k) => k.pod_logs(&req).await,
-            None => Err(not_granted(self)),
+        Ok(match self.granted() {
+            Ok(k) => k.pod_logs(&req).await,
+            Err(e) => Err(e),
         })
     }
 }

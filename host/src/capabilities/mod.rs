@@ -1,79 +1,130 @@
-//! Host capabilities: one module per imported WIT interface. Scope always comes from the
-//! operator's grant bound on the host side, never from the plugin's arguments; a capability
-//! that is not granted answers `denied` naming itself.
+//! Host capabilities: one module per imported WIT interface, each shaped like a Spin factor.
+//!
+//! A capability has two halves: what the operator granted one target (built once when the
+//! gateway loads, shared by every call of that target), and the per-call state that a call's
+//! Store holds and that implements the interface's WIT `Host` trait. The runtime composes the
+//! per-call states into its Store data and hands the linker a projection onto each one
+//! (`add_to_linker`), so no capability knows the runtime. Scope always comes from the grant,
+//! never from the plugin's arguments; a capability that is not granted answers `denied`
+//! naming itself.
 
 pub mod kube;
+pub mod log;
 pub mod process;
 
 use std::sync::Arc;
 
-use crate::runtime::HostState;
-use crate::runtime::bindings::mlgw::backend::{http, log, sagemaker, types};
-use types::{BackendError, Denial};
+use wasmtime::component::{HasSelf, Linker};
 
-/// The capabilities a target was granted, shared by every call's Store.
-#[derive(Clone, Default)]
+use crate::contract::mlgw::backend::{http, sagemaker};
+use crate::contract::types::{BackendError, Denial};
+use crate::domain::Capability;
+
+/// What one target was granted, shared by all its calls.
+#[derive(Clone)]
 pub struct Capabilities {
+    pub log: Arc<log::LogCapability>,
     pub process: Option<Arc<process::ProcessCapability>>,
     pub kube: Option<Arc<kube::KubeCapability>>,
 }
 
-/// Log messages from plugins are bounded so a plugin cannot flood the gateway's log.
-const MAX_LOG_MESSAGE: usize = 4096;
-
-impl types::Host for HostState {}
-
-impl log::Host for HostState {
-    async fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
-        let mut message = message;
-        if message.len() > MAX_LOG_MESSAGE {
-            let mut cut = MAX_LOG_MESSAGE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
+impl Capabilities {
+    /// Only the log, for calls that run under no target (loading a plugin).
+    pub fn none(label: &str) -> Self {
+        Self {
+            log: Arc::new(log::LogCapability::new(label, &Default::default())),
+            process: None,
+            kube: None,
         }
-        let target = &*self.target;
-        match level {
-            log::Level::Trace => tracing::trace!(target: "mlgw::plugin", %target, "{message}"),
-            log::Level::Debug => tracing::debug!(target: "mlgw::plugin", %target, "{message}"),
-            log::Level::Info => tracing::info!(target: "mlgw::plugin", %target, "{message}"),
-            log::Level::Warn => tracing::warn!(target: "mlgw::plugin", %target, "{message}"),
-            log::Level::Error => tracing::error!(target: "mlgw::plugin", %target, "{message}"),
+    }
+
+    pub fn granted(&self) -> Vec<Capability> {
+        let mut v = Vec::new();
+        if self.process.is_some() {
+            v.push(Capability::Process);
         }
-        Ok(())
+        if self.kube.is_some() {
+            v.push(Capability::Kube);
+        }
+        v
+    }
+
+    /// The per-call states for one call of `target`.
+    pub fn for_call(&self, target: &Arc<str>) -> CallCapabilities {
+        CallCapabilities {
+            log: log::LogCall::new(self.log.clone()),
+            process: process::ProcessCall::new(target.clone(), self.process.clone()),
+            kube: kube::KubeCall::new(target.clone(), self.kube.clone()),
+            ungranted: Ungranted {
+                target: target.clone(),
+            },
+        }
     }
 }
 
-fn not_granted(state: &HostState, capability: &str) -> BackendError {
-    BackendError::Denied(Denial {
-        capability: capability.into(),
-        reason: format!(
-            "target {} is not granted the {capability} capability",
-            state.target
-        ),
-    })
+/// Every capability's state for one call.
+pub struct CallCapabilities {
+    pub log: log::LogCall,
+    pub process: process::ProcessCall,
+    pub kube: kube::KubeCall,
+    pub ungranted: Ungranted,
 }
 
-// sagemaker and http are part of the contract so plugins can be written against them; until
-// their host implementations land no grant can enable them, so every call is denied.
+/// What a Store's data offers so the linker can reach each capability's state.
+pub trait HasCapabilities {
+    fn capabilities(&mut self) -> &mut CallCapabilities;
+}
 
-impl sagemaker::Host for HostState {
+/// Links every capability interface, each projected onto its own per-call state.
+pub fn add_to_linker<T: HasCapabilities + Send + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
+    use crate::contract::mlgw::backend as b;
+    b::log::add_to_linker::<T, HasSelf<log::LogCall>>(linker, |s| &mut s.capabilities().log)?;
+    b::process::add_to_linker::<T, HasSelf<process::ProcessCall>>(linker, |s| {
+        &mut s.capabilities().process
+    })?;
+    b::kube::add_to_linker::<T, HasSelf<kube::KubeCall>>(linker, |s| &mut s.capabilities().kube)?;
+    b::sagemaker::add_to_linker::<T, HasSelf<Ungranted>>(linker, |s| {
+        &mut s.capabilities().ungranted
+    })?;
+    b::http::add_to_linker::<T, HasSelf<Ungranted>>(linker, |s| &mut s.capabilities().ungranted)?;
+    Ok(())
+}
+
+/// Capabilities that are part of the contract, so plugins can be written against them, but
+/// have no host implementation yet: no grant can enable them, so every call is denied.
+pub struct Ungranted {
+    target: Arc<str>,
+}
+
+impl Ungranted {
+    fn deny(&self, capability: &str) -> BackendError {
+        BackendError::Denied(Denial {
+            capability: capability.into(),
+            reason: format!(
+                "target {} is not granted the {capability} capability",
+                self.target
+            ),
+        })
+    }
+}
+
+impl sagemaker::Host for Ungranted {
     async fn call(
         &mut self,
         _operation: String,
         _request: String,
     ) -> wasmtime::Result<Result<String, BackendError>> {
-        Ok(Err(not_granted(self, "sagemaker")))
+        Ok(Err(self.deny("sagemaker")))
     }
 }
 
-impl http::Host for HostState {
+impl http::Host for Ungranted {
     async fn send(
         &mut self,
         _req: http::Request,
     ) -> wasmtime::Result<Result<http::Response, BackendError>> {
-        Ok(Err(not_granted(self, "http")))
+        Ok(Err(self.deny("http")))
     }
 }

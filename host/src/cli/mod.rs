@@ -58,15 +58,12 @@ pub enum Command {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
-    /// Run a process for the local target and record its output and exit status.
+    /// Run a process for the process capability (what to run comes on stdin) and record its
+    /// output and exit status beneath the root.
     #[command(hide = true)]
     Supervise {
         #[arg(long)]
-        log: PathBuf,
-        #[arg(long)]
-        exit: PathBuf,
-        #[arg(last = true, required = true)]
-        command: Vec<String>,
+        root: PathBuf,
     },
     /// Submit a training job; prints its id.
     Submit(client::SubmitArgs),
@@ -121,9 +118,8 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Supervise { log, exit, command } => {
-            let code =
-                crate::capabilities::process::supervise(&log, &exit, &command[0], &command[1..]);
+        Command::Supervise { root } => {
+            let code = crate::capabilities::process::supervise(&root);
             ExitCode::from(code.clamp(0, 255) as u8)
         }
         Command::Serve {
@@ -162,6 +158,11 @@ fn serve(
     }
     if let Some(l) = listen {
         cfg.listen = l;
+    }
+    // Again: the flags may have changed what the file (or the embedded defaults) allowed.
+    if let Err(e) = cfg.check() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
     }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -250,6 +250,26 @@ impl Feature {
     }
 }
 
+/// A host capability, as plugins declare they need it and operators grant it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Capability {
+    Process,
+    Kube,
+    Sagemaker,
+    Http,
+}
+
+impl Capability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Process => "process",
+            Self::Kube => "kube",
+            Self::Sagemaker => "sagemaker",
+            Self::Http => "http",
+        }
+    }
+}
+
 /// What a plugin says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginInfo {
@@ -257,6 +277,8 @@ pub struct PluginInfo {
     pub version: String,
     pub description: String,
     pub features: Vec<Feature>,
+    /// Capabilities it cannot work without.
+    pub needs: Vec<Capability>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

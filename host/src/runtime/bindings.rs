@@ -1,16 +1,9 @@
-//! The WIT contract as Rust, and the one place WIT types and domain types meet.
+//! The one place WIT types and domain types meet.
 
 use crate::domain;
 
-wasmtime::component::bindgen!({
-    path: "../wit",
-    world: "mlgw:backend/backend",
-    imports: { default: async | trappable },
-    exports: { default: async },
-});
-
-pub use self::exports::mlgw::backend::{serving, training};
-pub use self::mlgw::backend::types as wit;
+pub use crate::contract::types as wit;
+pub use crate::contract::{Backend, BackendPre, serving, training};
 
 pub fn resources_to_wit(r: &domain::Resources) -> wit::Resources {
     wit::Resources {
@@ -164,6 +157,14 @@ pub fn info_from_wit(i: wit::BackendInfo) -> domain::PluginInfo {
         (W::TUNING, F::Tuning),
         (W::BATCH, F::Batch),
     ];
+    use domain::Capability as C;
+    use wit::Capabilities as N;
+    let needs = [
+        (N::PROCESS, C::Process),
+        (N::KUBE, C::Kube),
+        (N::SAGEMAKER, C::Sagemaker),
+        (N::HTTP, C::Http),
+    ];
     domain::PluginInfo {
         name: i.name,
         version: i.version,
@@ -172,6 +173,11 @@ pub fn info_from_wit(i: wit::BackendInfo) -> domain::PluginInfo {
             .into_iter()
             .filter(|(w, _)| i.features.contains(*w))
             .map(|(_, f)| f)
+            .collect(),
+        needs: needs
+            .into_iter()
+            .filter(|(w, _)| i.needs.contains(*w))
+            .map(|(_, c)| c)
             .collect(),
     }
 }

@@ -13,16 +13,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{
     Config as EngineConfig, Enabled, Engine, PoolingAllocationConfig, Store, UpdateDeadline,
 };
 
-use crate::capabilities::Capabilities;
 use crate::capabilities::kube::KubeCapability;
+use crate::capabilities::log::LogCapability;
 use crate::capabilities::process::ProcessCapability;
+use crate::capabilities::{self, Capabilities};
 use crate::config::{Config, Limits};
-use crate::domain::{self, Feature, PluginInfo};
+use crate::domain::{self, Capability, Feature, PluginInfo};
 use bindings::{Backend, BackendPre, wit};
 pub use state::HostState;
 
@@ -99,6 +100,8 @@ pub struct Plugin {
 /// A configured target: a plugin, the operator's settings for it and its grants.
 pub struct Target {
     pub name: String,
+    /// The same name, shared cheaply with every call's capabilities.
+    label: Arc<str>,
     pub is_default: bool,
     pub plugin: Arc<Plugin>,
     /// The `[targets.X.settings]` table as a JSON object.
@@ -187,8 +190,7 @@ impl Runtime {
         let mut linker: Linker<HostState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        Backend::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        capabilities::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e:?}"))?;
 
         let cache_dir = config.data_dir.join("compiled");
         std::fs::create_dir_all(&cache_dir)?;
@@ -224,6 +226,25 @@ impl Runtime {
         }
 
         for (name, t) in &config.targets {
+            let plugin = &plugins[&t.plugin];
+            // Refused here rather than at the first call, where the plugin would fail with
+            // whatever error its first denied call produced.
+            for need in &plugin.info.needs {
+                let granted = match need {
+                    Capability::Process => t.grants.process.is_some(),
+                    Capability::Kube => t.grants.kube.is_some(),
+                    Capability::Sagemaker | Capability::Http => false,
+                };
+                if !granted {
+                    anyhow::bail!(
+                        "target {name}: plugin {} needs the {} capability, which the target is \
+                         not granted; grant it with [targets.{name}.grants.{}]",
+                        plugin.name,
+                        need.as_str(),
+                        need.as_str()
+                    );
+                }
+            }
             let process = match &t.grants.process {
                 Some(g) => Some(Arc::new(ProcessCapability::new(
                     name,
@@ -242,11 +263,16 @@ impl Runtime {
                 name.clone(),
                 Arc::new(Target {
                     name: name.clone(),
+                    label: name.as_str().into(),
                     is_default: runtime.default_target.as_deref() == Some(name),
-                    plugin: plugins[&t.plugin].clone(),
+                    plugin: plugin.clone(),
                     settings,
                     grants: t.grants.names(),
-                    caps: Capabilities { process, kube },
+                    caps: Capabilities {
+                        log: Arc::new(LogCapability::new(name, &t.grants.log)),
+                        process,
+                        kube,
+                    },
                 }),
             );
         }
@@ -266,8 +292,11 @@ impl Runtime {
             anyhow::anyhow!("plugin {name} does not fit the mlgw:backend world: {e:?}")
         })?;
         let pre = BackendPre::new(pre).map_err(|e| anyhow::anyhow!("plugin {name}: {e:?}"))?;
+        let label = format!("<{name}>");
         let probe = Target {
-            name: format!("<{name}>"),
+            label: label.as_str().into(),
+            caps: Capabilities::none(&label),
+            name: label,
             is_default: false,
             plugin: Arc::new(Plugin {
                 name: name.into(),
@@ -277,12 +306,12 @@ impl Runtime {
                     version: String::new(),
                     description: String::new(),
                     features: vec![],
+                    needs: vec![],
                 },
                 pre: pre.clone(),
             }),
             settings: "{}".into(),
             grants: vec![],
-            caps: Capabilities::default(),
         };
         let mut call = self.start(&probe, "").await?;
         let res = tokio::time::timeout(
@@ -333,7 +362,7 @@ impl Runtime {
             })?
             .expect("the permit semaphore is never closed");
         let state = HostState::new(
-            &target.name,
+            &target.label,
             &target.caps,
             (self.limits.memory_mib as usize) << 20,
         )

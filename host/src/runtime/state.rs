@@ -1,5 +1,6 @@
 //! What a plugin's Store holds: its WASI context (no ambient authority: no env, no args, the
-//! granted process root preopened at /work and nothing else), its memory limiter and its grants.
+//! granted process root preopened at /work and nothing else), its memory limiter and the
+//! per-call state of each capability.
 
 use std::sync::Arc;
 
@@ -8,9 +9,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
-use crate::capabilities::Capabilities;
-use crate::capabilities::kube::KubeCapability;
-use crate::capabilities::process::ProcessCapability;
+use crate::capabilities::{CallCapabilities, Capabilities, HasCapabilities};
 
 /// The guest path the process root is preopened at.
 pub const WORK_DIR: &str = "/work";
@@ -21,19 +20,26 @@ pub struct HostState {
     table: ResourceTable,
     limiter: MemoryLimiter,
     stderr: MemoryOutputPipe,
-    pub(crate) target: Arc<str>,
-    pub(crate) process: Option<Arc<ProcessCapability>>,
-    pub(crate) kube: Option<Arc<KubeCapability>>,
+    caps: CallCapabilities,
+}
+
+impl HasCapabilities for HostState {
+    fn capabilities(&mut self) -> &mut CallCapabilities {
+        &mut self.caps
+    }
 }
 
 impl HostState {
-    pub fn new(target: &str, caps: &Capabilities, memory_cap: usize) -> wasmtime::Result<Self> {
+    pub fn new(
+        target: &Arc<str>,
+        caps: &Capabilities,
+        memory_cap: usize,
+    ) -> wasmtime::Result<Self> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let mut b = WasiCtx::builder();
         b.stderr(stderr.clone());
-        // Plugin file operations are small reads and writes under the local root; a hop to
-        // the blocking pool costs more than the operation itself.
-        b.allow_blocking_current_thread(true);
+        // File operations go to the blocking pool (WASI's default): a plugin that opens a
+        // FIFO or reads a slow file must never stall one of the async runtime's threads.
         if let Some(p) = &caps.process {
             b.preopened_dir(p.root(), WORK_DIR, FsPerms::ReadWrite)?;
         }
@@ -45,9 +51,7 @@ impl HostState {
                 exceeded: false,
             },
             stderr,
-            target: target.into(),
-            process: caps.process.clone(),
-            kube: caps.kube.clone(),
+            caps: caps.for_call(target),
         })
     }
 

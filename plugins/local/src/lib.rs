@@ -15,8 +15,8 @@ mod training;
 mod validate;
 
 use mlgw_plugin_sdk::{
-    Backend, BackendError, BackendInfo, BackendRef, CallContext, EndpointSpec, EndpointStatus,
-    Features, JobStatus, LogPage, Route, TrainingSpec,
+    Backend, BackendError, BackendInfo, BackendRef, CallContext, Capabilities, EndpointSpec,
+    EndpointStatus, Features, JobStatus, LogPage, Route, TrainingSpec,
 };
 
 pub struct Local;
@@ -32,6 +32,8 @@ impl Backend for Local {
                 | Features::TRAINING_CANCEL
                 | Features::SERVING
                 | Features::SERVING_UPDATE,
+            // Everything it does is a local process.
+            needs: Capabilities::PROCESS,
         }
     }
 

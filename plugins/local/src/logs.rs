@@ -106,6 +106,17 @@ pub fn read_page(
     max_lines: usize,
     ended: bool,
 ) -> Result<Page, BackendError> {
+    // The job runs in the directory that holds its log and could put a FIFO or a device in
+    // its place; opening one could block or never end, so only a regular file is opened.
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.is_file() => {
+            return Err(internal(format!(
+                "{} is not a regular file; the job replaced its log",
+                path.display()
+            )));
+        }
+        _ => {}
+    }
     let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {

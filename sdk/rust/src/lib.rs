@@ -18,8 +18,8 @@
 //!
 //! ```no_run
 //! use mlgw_plugin_sdk::{
-//!     Backend, BackendError, BackendInfo, BackendRef, CallContext, Features, JobState,
-//!     JobStatus, TrainingSpec,
+//!     Backend, BackendError, BackendInfo, BackendRef, CallContext, Capabilities, Features,
+//!     JobState, JobStatus, TrainingSpec,
 //! };
 //!
 //! struct Echo;
@@ -31,6 +31,7 @@
 //!             version: env!("CARGO_PKG_VERSION").into(),
 //!             description: "runs nothing, successfully".into(),
 //!             features: Features::TRAINING,
+//!             needs: Capabilities::empty(),
 //!         }
 //!     }
 //!
@@ -108,9 +109,9 @@ pub mod __private {
 }
 pub use bindings::mlgw::backend::process::ProcessError;
 pub use bindings::mlgw::backend::types::{
-    BackendError, BackendInfo, BackendRef, CallContext, Denial, EndpointSpec, EndpointState,
-    EndpointStatus, Features, FieldError, InputChannel, JobState, JobStatus, KeyValue, LogLine,
-    LogPage, Protocol, Resources, Route, TrainingSpec,
+    BackendError, BackendInfo, BackendRef, CallContext, Capabilities, Denial, EndpointSpec,
+    EndpointState, EndpointStatus, Features, FieldError, InputChannel, JobState, JobStatus,
+    KeyValue, LogLine, LogPage, Protocol, Resources, Route, TrainingSpec,
 };
 pub use bindings::mlgw::backend::{http, kube, log, process, sagemaker};
 
@@ -388,13 +389,16 @@ pub fn error(message: &str) {
 
 impl From<ProcessError> for BackendError {
     /// `invalid` has no field to point at, so it becomes `invalid-spec` with an empty field;
-    /// `io` is the backend's problem, not the caller's, so it becomes `internal`.
+    /// `io` is the backend's problem, not the caller's, so it becomes `internal`; `exhausted`
+    /// is a limit that frees up, so it becomes `unavailable` (retried by the gateway).
     fn from(e: ProcessError) -> Self {
         match e {
             ProcessError::Denied(d) => BackendError::Denied(d),
             ProcessError::NotFound(m) => BackendError::NotFound(m),
             ProcessError::Invalid(m) => invalid("", m),
             ProcessError::Io(m) => internal(m),
+            // A limit of the grant: the work can start once something else has ended.
+            ProcessError::Exhausted(m) => BackendError::Unavailable(m),
         }
     }
 }
