@@ -211,6 +211,22 @@ def client(gateway: Gateway) -> Iterator[mlgw.Client]:
         yield c
 
 
+@pytest.fixture()
+def cleanup() -> Iterator[list[mlgw.Job | mlgw.Endpoint]]:
+    """Jobs and endpoints a test started, cancelled or deleted when it ends, however it ends: a
+    failed assertion must not leave a model server or a sleeping job behind."""
+    started: list[mlgw.Job | mlgw.Endpoint] = []
+    yield started
+    for thing in reversed(started):
+        # The test's own ending (or the gateway's refusal) is what counts, not this one.
+        with contextlib.suppress(mlgw.MlgwError):
+            if isinstance(thing, mlgw.Endpoint):
+                if thing.refresh().state != "deleted":
+                    thing.delete()
+            elif not thing.refresh().done:
+                thing.cancel()
+
+
 TRAIN_SCRIPT = """
 import json, os, sys, joblib
 from sklearn.datasets import load_iris
