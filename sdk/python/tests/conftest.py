@@ -3,28 +3,35 @@ defaults (one target, ``local``), started once per session on a free port.
 
 Training jobs run ``$MLGW_PYTHON`` (default: this interpreter), which must have scikit-learn;
 the gateway's PATH starts with that interpreter's directory, where ``mlserver`` must be.
+
+At the end of the session every job must have ended and every endpoint must have been deleted:
+whatever the gateway started and is still alive once it stopped fails the session, named with
+the test it came from (see ``leaks``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import leaks
 import pytest
 
 import mlgw
 
 START_TIMEOUT = float(os.environ.get("MLGW_START_TIMEOUT", "60"))
+# How long, after the gateway stopped, what it started may take to finish ending.
+LEAK_GRACE = float(os.environ.get("MLGW_LEAK_GRACE", "10"))
 
 # grpc.health.v1.HealthCheckResponse{status: SERVING}, encoded.
 _SERVING = b"\x08\x01"
@@ -36,6 +43,7 @@ class Gateway:
     data_dir: Path
     log: Path
     python: str
+    ledger: leaks.Ledger = field(default_factory=leaks.Ledger, compare=False, repr=False)
 
 
 def _binary() -> str:
@@ -148,31 +156,75 @@ def gateway(python_exe: str) -> Iterator[Gateway]:
                 pytrace=False,
             )
     assert proc is not None
+    # A session leader (start_new_session): everything it starts shares its session id.
+    session = proc.pid if os.getsid(proc.pid) == proc.pid else None
+    gw = Gateway(
+        address=address,
+        data_dir=root / "data",
+        log=log_path,
+        python=python_exe,
+        ledger=leaks.Ledger(session),
+    )
     try:
-        yield Gateway(address=address, data_dir=root / "data", log=log_path, python=python_exe)
+        yield gw
     finally:
-        _stop(proc)
-        # The gateway should stop what it started (model servers, jobs); whatever is left in
-        # its process group is ended here so a test run leaves nothing behind.
+        # Asked before it stops: jobs and model servers outlive the gateway by design.
+        started: list[leaks.Started] = []
+        unlisted = ""
         try:
-            os.killpg(proc.pid, 0)
-        except (ProcessLookupError, PermissionError):
-            pass
-        else:
-            print(
-                f"\nwarning: processes of the gateway outlived it; see {log_path}", file=sys.stderr
-            )
-            os.killpg(proc.pid, signal.SIGKILL)
-        if os.environ.get("MLGW_KEEP_DATA"):
+            with mlgw.Client(address, timeout=10) as c:
+                started = gw.ledger.note(c, "the session's teardown")
+        except mlgw.MlgwError as e:
+            unlisted = f"\n  (the gateway could not list what it started: {e})"
+        _stop(proc)
+        leaked: list[str] = []
+        leaks.check(
+            started,
+            session,
+            grace=LEAK_GRACE,
+            group_test=gw.ledger.group_test,
+            on_leak=leaked.append,
+        )
+        if os.environ.get("MLGW_KEEP_DATA") or leaked:
             print(f"\ngateway data and log kept in {root}", file=sys.stderr)
         else:
             shutil.rmtree(root, ignore_errors=True)
+        if leaked:
+            pytest.fail(f"{leaked[0]}{unlisted}\ngateway data and log: {root}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _credit_what_each_test_started(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test that used the gateway, credits it with the jobs, endpoints and process
+    groups that appeared, so a leak found at the session's end names the test it came from."""
+    yield
+    if "gateway" not in request.fixturenames:
+        return
+    gw: Gateway = request.getfixturevalue("gateway")
+    with contextlib.suppress(mlgw.MlgwError), mlgw.Client(gw.address, timeout=10) as c:
+        gw.ledger.note(c, request.node.nodeid)
 
 
 @pytest.fixture()
 def client(gateway: Gateway) -> Iterator[mlgw.Client]:
     with mlgw.Client(gateway.address) as c:
         yield c
+
+
+@pytest.fixture()
+def cleanup() -> Iterator[list[mlgw.Job | mlgw.Endpoint]]:
+    """Jobs and endpoints a test started, cancelled or deleted when it ends, however it ends: a
+    failed assertion must not leave a model server or a sleeping job behind."""
+    started: list[mlgw.Job | mlgw.Endpoint] = []
+    yield started
+    for thing in reversed(started):
+        # The test's own ending (or the gateway's refusal) is what counts, not this one.
+        with contextlib.suppress(mlgw.MlgwError):
+            if isinstance(thing, mlgw.Endpoint):
+                if thing.refresh().state != "deleted":
+                    thing.delete()
+            elif not thing.refresh().done:
+                thing.cancel()
 
 
 TRAIN_SCRIPT = """

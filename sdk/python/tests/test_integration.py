@@ -257,8 +257,11 @@ def test_max_runtime_ends_the_job(client: mlgw.Client, gateway: Gateway) -> None
     assert "runtime" in e.value.reason
 
 
-def test_cancel(client: mlgw.Client, gateway: Gateway) -> None:
+def test_cancel(
+    client: mlgw.Client, gateway: Gateway, cleanup: list[mlgw.Job | mlgw.Endpoint]
+) -> None:
     job = client.train([gateway.python, "-c", "import time; time.sleep(600)"])
+    cleanup.append(job)
     wait_until_running(job)
     assert job.cancel() is job and job.cancel_requested
     with pytest.raises(mlgw.JobCancelled) as e:
@@ -267,8 +270,11 @@ def test_cancel(client: mlgw.Client, gateway: Gateway) -> None:
     assert job.state == "cancelled" and job.finished_at is not None
 
 
-def test_wait_times_out_and_the_job_keeps_running(client: mlgw.Client, gateway: Gateway) -> None:
+def test_wait_times_out_and_the_job_keeps_running(
+    client: mlgw.Client, gateway: Gateway, cleanup: list[mlgw.Job | mlgw.Endpoint]
+) -> None:
     job = client.train([gateway.python, "-c", "import time; time.sleep(600)"])
+    cleanup.append(job)
     start = time.monotonic()
     with pytest.raises(mlgw.Timeout, match="still"):
         job.wait(timeout=1.5, progress=True)
@@ -349,11 +355,15 @@ def model_predictions(python: str, model_dir: str, rows: object) -> list[object]
 
 
 def test_deploy_predict_update_delete(
-    client: mlgw.Client, gateway: Gateway, trained: mlgw.Job
+    client: mlgw.Client,
+    gateway: Gateway,
+    trained: mlgw.Job,
+    cleanup: list[mlgw.Job | mlgw.Endpoint],
 ) -> None:
     want = model_predictions(gateway.python, trained.output_uri.removeprefix("file://"), ROWS)
 
     ep = client.deploy(trained.output_uri, model_format="sklearn", name="sdk-iris")
+    cleanup.append(ep)
     assert isinstance(ep, mlgw.Endpoint)
     assert ep.state == "creating" and ep.name == "sdk-iris" and ep.target == "local"
     assert ep.model_uri == trained.output_uri and ep.model_format == "sklearn"
@@ -458,8 +468,11 @@ def test_deploy_refusals(client: mlgw.Client, trained: mlgw.Job) -> None:
     assert e.value.field == "spec.min_replicas" and e.value.code is None
 
 
-def test_wait_ready_reports_a_failed_endpoint(client: mlgw.Client, tmp_path: Path) -> None:
+def test_wait_ready_reports_a_failed_endpoint(
+    client: mlgw.Client, tmp_path: Path, cleanup: list[mlgw.Job | mlgw.Endpoint]
+) -> None:
     ep = client.deploy(f"file://{tmp_path}/no-model", model_format="sklearn", name="sdk-broken")
+    cleanup.append(ep)
     with pytest.raises(mlgw.EndpointFailed) as e:
         ep.wait_ready(timeout=120)
     assert e.value.endpoint.state == "failed" and e.value.reason

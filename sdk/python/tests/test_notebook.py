@@ -11,6 +11,8 @@ import pytest
 from conftest import Gateway
 from nbclient import NotebookClient
 
+import mlgw
+
 pytestmark = pytest.mark.integration
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "examples" / "quickstart.ipynb"
@@ -23,7 +25,9 @@ def test_the_checked_in_notebook_has_no_outputs() -> None:
     assert code and all(not c.outputs and c.execution_count is None for c in code)
 
 
-def test_example_notebook_runs(gateway: Gateway, tmp_path: Path) -> None:
+def test_example_notebook_runs(
+    gateway: Gateway, tmp_path: Path, cleanup: list[mlgw.Job | mlgw.Endpoint]
+) -> None:
     nb = nbformat.read(NOTEBOOK, as_version=4)
     env = {
         **os.environ,
@@ -42,6 +46,10 @@ def test_example_notebook_runs(gateway: Gateway, tmp_path: Path) -> None:
     finally:
         # Keep the executed notebook for a failure's post-mortem.
         nbformat.write(nb, tmp_path / "executed.ipynb")
+        # What a notebook that stopped half-way left running.
+        with mlgw.Client(gateway.address) as c:
+            cleanup.extend(j for j in c.jobs() if j.name == "iris" and not j.done)
+            cleanup.extend(e for e in c.endpoints() if e.name == "quickstart-iris")
 
     def text(cell: nbformat.NotebookNode) -> str:
         parts = []

@@ -246,6 +246,20 @@ def test_status_codes_map_to_typed_errors(code: grpc.StatusCode, cls: type) -> N
     assert code.name in repr(err)
 
 
+def test_timeout_is_a_builtin_timeout_error() -> None:
+    err = from_rpc_error(FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed"))
+    with pytest.raises(TimeoutError) as caught:
+        raise err
+    assert caught.value is err and isinstance(err, mlgw.MlgwError)
+    assert err.message == "deadline passed" and str(err) == "deadline passed"
+    assert err.code == grpc.StatusCode.DEADLINE_EXCEEDED and err.args == ("deadline passed",)
+    # Raised by the client itself (wait, wait_ready): the same two ways to catch it.
+    local = mlgw.Timeout("job j-1 is still running after 1.5 s")
+    assert isinstance(local, TimeoutError) and isinstance(local, mlgw.MlgwError)
+    assert str(local) == local.message and local.code is None
+    assert repr(local) == "Timeout('job j-1 is still running after 1.5 s', code=None)"
+
+
 def test_unauthenticated_is_a_permission_error() -> None:
     assert issubclass(mlgw.Unauthenticated, mlgw.PermissionDenied)
     assert issubclass(mlgw.JobCancelled, mlgw.JobFailed)

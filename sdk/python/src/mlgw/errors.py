@@ -13,7 +13,7 @@ FAILED_PRECONDITION          :class:`FailedPrecondition`
 RESOURCE_EXHAUSTED           :class:`ResourceExhausted`
 UNAVAILABLE                  :class:`Unavailable`
 UNIMPLEMENTED                :class:`Unsupported`
-DEADLINE_EXCEEDED            :class:`Timeout`
+DEADLINE_EXCEEDED            :class:`Timeout` (also a builtin :class:`TimeoutError`)
 anything else                :class:`MlgwError`
 ===========================  ==========================
 """
@@ -109,8 +109,11 @@ class Unsupported(MlgwError):
     """The target (or the gateway) does not support this, e.g. canary rollouts on ``local``."""
 
 
-class Timeout(MlgwError):
-    """A deadline passed: the client's own ``timeout`` or one inside the gateway."""
+class Timeout(MlgwError, TimeoutError):
+    """A deadline passed: the client's own ``timeout`` or one inside the gateway.
+
+    Also a builtin :class:`TimeoutError`, so code that handles timeouts generically (``except
+    TimeoutError``, as for sockets and futures) handles the gateway's too."""
 
 
 class JobFailed(MlgwError):
