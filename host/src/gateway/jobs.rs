@@ -154,7 +154,11 @@ impl Gateway {
             _ => {}
         }
         let t = self.resolve_target(&job.target)?;
-        t.require(Feature::TrainingCancel)?;
+        // A job that never reached its backend can always be cancelled; only stopping one
+        // that runs needs the plugin.
+        if job.backend_ref.is_some() {
+            t.require(Feature::TrainingCancel)?;
+        }
         let job = self.store.update_job(id, |j| {
             j.cancel_requested = true;
             false
