@@ -301,13 +301,11 @@ impl Config {
             )));
         }
         for (name, t) in &self.targets {
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
+            // Clients name targets in requests, where the same rule holds.
+            if crate::domain::validate::validate_target_name("target", name).is_err() {
                 return Err(ConfigError::Invalid(format!(
-                    "target name {name:?}: only letters, digits, '-' and '_'"
+                    "target name {name:?}: 1-{} letters, digits, '-' and '_'",
+                    crate::domain::validate::MAX_TARGET_NAME
                 )));
             }
             if let Some(p) = &t.grants.process {
@@ -366,8 +364,25 @@ impl Config {
             }
         }
         let l = &self.limits;
-        if l.call_timeout_ms == 0 || l.memory_mib == 0 || l.max_concurrent_calls == 0 {
-            return Err(ConfigError::Invalid("limits must be positive".to_string()));
+        for (key, value) in [
+            ("call_timeout_ms", l.call_timeout_ms),
+            ("memory_mib", l.memory_mib),
+            ("max_concurrent_calls", u64::from(l.max_concurrent_calls)),
+            // The reconciler ticks at this interval; a zero one is a panic in its timer.
+            ("reconcile_interval_ms", l.reconcile_interval_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "limits.{key}: must be positive"
+                )));
+            }
+        }
+        // Slower than this, live records would look stuck to everyone watching them.
+        const MAX_RECONCILE_INTERVAL_MS: u64 = 60 * 60 * 1000;
+        if l.reconcile_interval_ms > MAX_RECONCILE_INTERVAL_MS {
+            return Err(ConfigError::Invalid(format!(
+                "limits.reconcile_interval_ms: at most {MAX_RECONCILE_INTERVAL_MS} (an hour)"
+            )));
         }
         Ok(())
     }
@@ -440,5 +455,40 @@ plugin = "mine"
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "[targets.a]\nplugin = \"local\"\ngrant = 1\n").unwrap();
         assert!(matches!(Config::load(&p), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn limits_are_checked_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        for (limits, key) in [
+            ("reconcile_interval_ms = 0", "limits.reconcile_interval_ms"),
+            (
+                "reconcile_interval_ms = 3600001",
+                "limits.reconcile_interval_ms",
+            ),
+            ("call_timeout_ms = 0", "limits.call_timeout_ms"),
+            ("max_concurrent_calls = 0", "limits.max_concurrent_calls"),
+        ] {
+            std::fs::write(
+                &p,
+                format!("[limits]\n{limits}\n[targets.a]\nplugin = \"local\"\n"),
+            )
+            .unwrap();
+            let e = Config::load(&p).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("config: {key}:")), "{limits}: {e}");
+        }
+        let mut c = Config::embedded();
+        c.limits.reconcile_interval_ms = 1;
+        c.check().unwrap();
+    }
+
+    #[test]
+    fn target_names_must_be_nameable_in_requests() {
+        let mut c = Config::embedded();
+        let t = c.targets["local"].clone();
+        c.targets.insert("t".repeat(65), t);
+        let e = c.check().unwrap_err().to_string();
+        assert!(e.contains("target name"), "{e}");
     }
 }

@@ -94,20 +94,22 @@ pub fn kind_of(datatype: &str) -> Option<Kind> {
     })
 }
 
-fn check_tensor(i: usize, t: &Tensor) -> Result<(), DataPlaneError> {
+/// One input tensor. Also called where a Predict enters the API, so a malformed tensor is
+/// refused whatever state its endpoint is in.
+pub fn check_tensor(i: usize, t: &Tensor) -> Result<(), DataPlaneError> {
+    use crate::domain::validate::{tensor_elements, validate_parameters, validate_tensor_name};
     let field = |f: &str| format!("inputs[{i}].{f}");
-    if t.name.is_empty() {
-        return Err(DataPlaneError::Invalid {
-            field: field("name"),
-            reason: "must not be empty".into(),
-        });
-    }
+    let invalid = |e: crate::domain::FieldError| DataPlaneError::Invalid {
+        field: e.field,
+        reason: e.reason,
+    };
+    validate_tensor_name(&field("name"), &t.name).map_err(invalid)?;
     let Some(kind) = kind_of(&t.datatype) else {
         return Err(DataPlaneError::Invalid {
             field: field("datatype"),
             reason: format!(
                 "{:?} is not an Open Inference Protocol datatype",
-                t.datatype
+                t.datatype.chars().take(32).collect::<String>()
             ),
         });
     };
@@ -126,14 +128,10 @@ fn check_tensor(i: usize, t: &Tensor) -> Result<(), DataPlaneError> {
             reason: format!("contents do not match datatype {}", t.datatype),
         });
     }
-    if t.shape.iter().any(|d| *d < 0) {
-        return Err(DataPlaneError::Invalid {
-            field: field("shape"),
-            reason: "dimensions must not be negative".into(),
-        });
-    }
-    let elements: i64 = t.shape.iter().product();
-    if elements as usize != t.data.len() {
+    validate_parameters(&field("parameters"), &t.parameters).map_err(invalid)?;
+    // Checked arithmetic: a product that wraps around could match the contents and pass.
+    let elements = tensor_elements(&field("shape"), &t.shape).map_err(invalid)?;
+    if elements != t.data.len() as u64 {
         return Err(DataPlaneError::Invalid {
             field: field("shape"),
             reason: format!(

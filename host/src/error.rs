@@ -38,6 +38,7 @@ impl From<StoreError> for GatewayError {
         match e {
             StoreError::NotFound(what) => Self::NotFound(what),
             StoreError::Conflict(m) => Self::AlreadyExists(m),
+            StoreError::Invalid(f) => f.into(),
             other => Self::Store(other),
         }
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::Config;
@@ -49,19 +50,125 @@ pub async fn serve(
         Duration::from_millis(config.limits.reconcile_interval_ms),
         stop_rx,
     ));
+    let routes = api::routes(gw.clone())?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), targets = ?gw.targets().iter().map(|t| t.name.clone()).collect::<Vec<_>>(), "mlgw serving");
     on_listening(addr);
-    tonic::transport::Server::builder()
-        .add_routes(api::routes(gw.clone())?)
-        // Responses are small frames written back to back; with Nagle on, one can wait for
-        // the client's delayed ACK (tens of milliseconds) behind the previous one.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await?;
-    let _ = stop_tx.send(true);
-    let _ = reconciler.await;
+    let serving = async {
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            // Responses are small frames written back to back; with Nagle on, one can wait for
+            // the client's delayed ACK (tens of milliseconds) behind the previous one.
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown,
+            )
+            .await
+            .map_err(anyhow::Error::from)
+    };
+    let served = supervise(serving, "reconciler", reconciler, move || {
+        let _ = stop_tx.send(true);
+    })
+    .await;
+    // Whatever ended it, what was written so far is kept.
     gw.store.flush().await?;
-    Ok(())
+    served
+}
+
+/// Runs `serving` to its end, then stops `background` (with `stop`) and waits for it. If
+/// `background` ends first — a panic, or a return while nothing asked it to stop — the gateway
+/// would go on answering from records nobody updates any more: that is logged as an error and
+/// ends the serving with one, so the process exits non-zero.
+async fn supervise<F>(
+    serving: F,
+    task: &'static str,
+    mut background: JoinHandle<()>,
+    stop: impl FnOnce(),
+) -> anyhow::Result<()>
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
+    tokio::select! {
+        served = serving => {
+            stop();
+            if let Err(e) = background.await {
+                tracing::error!(task, "ended badly while stopping: {}", join_error(e));
+            }
+            served
+        }
+        ended = &mut background => {
+            let why = match ended {
+                Ok(()) => "it returned".to_string(),
+                Err(e) => join_error(e),
+            };
+            tracing::error!(task, "{why}; stopping the gateway");
+            Err(anyhow::anyhow!(
+                "the {task} stopped while the gateway was serving ({why})"
+            ))
+        }
+    }
+}
+
+fn join_error(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let p = e.into_panic();
+    let msg = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    format!("it panicked: {msg}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_background_task_that_panics_stops_serving_with_an_error() {
+        let task = tokio::spawn(async { panic!("interval must be non-zero") });
+        let e = supervise(std::future::pending(), "reconciler", task, || {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("reconciler") && e.contains("panicked: interval must be non-zero"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_background_task_that_returns_stops_serving_with_an_error() {
+        let task = tokio::spawn(async {});
+        let e = supervise(std::future::pending(), "reconciler", task, || {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("reconciler stopped") && e.contains("returned"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_normal_shutdown_stops_the_background_task_and_waits_for_it() {
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn({
+            let finished = finished.clone();
+            async move {
+                let _ = stop_rx.changed().await;
+                // Still some way from done when told to stop, as the reconciler can be.
+                tokio::task::yield_now().await;
+                finished.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        supervise(async { Ok(()) }, "reconciler", task, move || {
+            let _ = stop_tx.send(true);
+        })
+        .await
+        .unwrap();
+        assert!(finished.load(std::sync::atomic::Ordering::SeqCst));
+    }
 }

@@ -237,7 +237,8 @@ fn tensor_from(i: usize, t: pb::InferTensor) -> Result<Tensor, GatewayError> {
         field: field("datatype"),
         reason: format!(
             "{:?} is not one of BOOL, INT8..INT64, UINT8..UINT64, FP16, FP32, FP64, BYTES",
-            t.datatype
+            // Said back, but bounded: the error must stay small whatever was sent.
+            t.datatype.chars().take(32).collect::<String>()
         ),
     })?;
     let filled = [

@@ -4,6 +4,9 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::pb::{self, target_service_server::TargetService};
+use super::status::{field_status, to_status};
+use crate::domain::validate::validate_target_name;
+use crate::error::GatewayError;
 use crate::gateway::Gateway;
 
 pub struct TargetApi {
@@ -35,11 +38,12 @@ impl TargetService for TargetApi {
         req: Request<pb::GetTargetRequest>,
     ) -> Result<Response<pb::Target>, Status> {
         let name = req.into_inner().name;
+        validate_target_name("name", &name).map_err(field_status)?;
         let t = self
             .gw
             .runtime
             .target(&name)
-            .ok_or_else(|| Status::not_found(format!("target {name} not found")))?;
+            .ok_or_else(|| to_status(GatewayError::NotFound(format!("target {name}"))))?;
         let health = self.gw.runtime.check(t).await;
         Ok(Response::new(convert::target(t, health)))
     }

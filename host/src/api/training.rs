@@ -6,12 +6,13 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::pb::{self, training_service_server::TrainingService};
-use super::status::to_status;
+use super::status::{field_status, to_status};
+use crate::domain::FieldError;
+use crate::domain::validate::{
+    page_size, validate_cursor, validate_id, validate_idempotency_key, validate_target,
+};
 use crate::gateway::Gateway;
 use crate::gateway::JobFilter;
-
-const DEFAULT_PAGE: usize = 100;
-const MAX_PAGE: usize = 1000;
 
 pub struct TrainingApi {
     gw: Arc<Gateway>,
@@ -20,13 +21,6 @@ pub struct TrainingApi {
 impl TrainingApi {
     pub fn new(gw: Arc<Gateway>) -> Self {
         Self { gw }
-    }
-}
-
-pub fn page_size(n: u32) -> usize {
-    match n as usize {
-        0 => DEFAULT_PAGE,
-        n => n.min(MAX_PAGE),
     }
 }
 
@@ -39,9 +33,11 @@ impl TrainingService for TrainingApi {
         req: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let r = req.into_inner();
+        validate_target("target", &r.target).map_err(field_status)?;
+        validate_idempotency_key(&r.idempotency_key).map_err(field_status)?;
         let spec = r
             .spec
-            .ok_or_else(|| Status::invalid_argument("spec: required"))?;
+            .ok_or_else(|| field_status(FieldError::new("spec", "required")))?;
         let key = (!r.idempotency_key.is_empty()).then_some(r.idempotency_key);
         let job = self
             .gw
@@ -52,7 +48,9 @@ impl TrainingService for TrainingApi {
     }
 
     async fn get(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
-        let job = self.gw.get_job(&req.into_inner().id).map_err(to_status)?;
+        let id = req.into_inner().id;
+        validate_id("id", &id).map_err(field_status)?;
+        let job = self.gw.get_job(&id).map_err(to_status)?;
         Ok(Response::new(convert::job(&job)))
     }
 
@@ -61,6 +59,8 @@ impl TrainingService for TrainingApi {
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let r = req.into_inner();
+        validate_target("target", &r.target).map_err(field_status)?;
+        let page_size = page_size(r.page_size).map_err(field_status)?;
         let filter = JobFilter {
             target: (!r.target.is_empty()).then_some(r.target),
             state: convert::job_state_from(r.state, "state").map_err(to_status)?,
@@ -68,7 +68,7 @@ impl TrainingService for TrainingApi {
         let token = (!r.page_token.is_empty()).then_some(r.page_token);
         let (jobs, next) = self
             .gw
-            .list_jobs(&filter, token.as_deref(), page_size(r.page_size))
+            .list_jobs(&filter, token.as_deref(), page_size)
             .map_err(to_status)?;
         Ok(Response::new(pb::ListJobsResponse {
             jobs: jobs.iter().map(convert::job).collect(),
@@ -80,11 +80,9 @@ impl TrainingService for TrainingApi {
         &self,
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let job = self
-            .gw
-            .cancel_job(&req.into_inner().id)
-            .await
-            .map_err(to_status)?;
+        let id = req.into_inner().id;
+        validate_id("id", &id).map_err(field_status)?;
+        let job = self.gw.cancel_job(&id).await.map_err(to_status)?;
         Ok(Response::new(convert::job(&job)))
     }
 
@@ -94,7 +92,9 @@ impl TrainingService for TrainingApi {
         &self,
         req: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let stream = self.gw.watch_job(&req.into_inner().id).map_err(to_status)?;
+        let id = req.into_inner().id;
+        validate_id("id", &id).map_err(field_status)?;
+        let stream = self.gw.watch_job(&id).map_err(to_status)?;
         Ok(Response::new(Box::pin(stream.map(|r| {
             r.map(|j| convert::job_event(&j)).map_err(to_status)
         }))))
@@ -107,6 +107,8 @@ impl TrainingService for TrainingApi {
         req: Request<pb::JobLogsRequest>,
     ) -> Result<Response<Self::LogsStream>, Status> {
         let r = req.into_inner();
+        validate_id("id", &r.id).map_err(field_status)?;
+        validate_cursor(&r.cursor).map_err(field_status)?;
         let cursor = (!r.cursor.is_empty()).then_some(r.cursor);
         let stream = self
             .gw

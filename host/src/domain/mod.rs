@@ -1,13 +1,15 @@
 //! Jobs and endpoints as the gateway understands them: specs, states, records and their
 //! validation. No I/O here; proto and WIT types are converted to and from these at the edges.
 
-mod validate;
+pub mod validate;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use validate::{FieldError, validate_endpoint_spec, validate_training_spec};
+pub use validate::{
+    FieldError, validate_endpoint_changes, validate_endpoint_spec, validate_training_spec,
+};
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = u64;

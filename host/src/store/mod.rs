@@ -9,7 +9,8 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tokio::sync::broadcast;
 
-use crate::domain::{Endpoint, EndpointState, Job, JobState};
+use crate::domain::validate::validate_page_token;
+use crate::domain::{Endpoint, EndpointState, FieldError, Job, JobState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -21,6 +22,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A request named something the store can never hold (a page token it did not hand out).
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -189,13 +193,18 @@ impl Store {
         Ok(job)
     }
 
-    /// Jobs newest first (ids sort by creation time), after `after` if given.
+    /// Jobs newest first (ids sort by creation time), after `after` if given. `after` must be a
+    /// job id (the last of a page, as handed out): a range scan from any other bytes would
+    /// answer a page of nonsense instead of an error.
     pub fn list_jobs(
         &self,
         filter: impl Fn(&Job) -> bool,
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<Job>, Option<String>)> {
+        if let Some(a) = after {
+            validate_page_token("j", a)?;
+        }
         let iter = match after {
             Some(a) => self.jobs.range(..a.as_bytes()),
             None => self.jobs.range::<&[u8], _>(..),
@@ -324,12 +333,16 @@ impl Store {
         Ok(ep)
     }
 
+    /// Endpoints newest first, after `after` (an endpoint id, as for `list_jobs`) if given.
     pub fn list_endpoints(
         &self,
         filter: impl Fn(&Endpoint) -> bool,
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<Endpoint>, Option<String>)> {
+        if let Some(a) = after {
+            validate_page_token("e", a)?;
+        }
         let iter = match after {
             Some(a) => self.endpoints.range(..a.as_bytes()),
             None => self.endpoints.range::<&[u8], _>(..),
@@ -453,5 +466,32 @@ mod tests {
             s.update_job("missing", |_| true),
             Err(StoreError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn page_tokens_must_be_ids_the_store_handed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let ids: Vec<String> = (0..3).map(|_| new_id("j")).collect();
+        for id in &ids {
+            s.insert_job(job(id), None).unwrap();
+        }
+        let (_, next) = s.list_jobs(|_| true, None, 2).unwrap();
+        assert_eq!(next.as_deref(), Some(ids[1].as_str()));
+        // "zzz" sorts after every id: a range scan from it would answer the first page again.
+        let endpoint_id = new_id("e");
+        for bad in ["zzz", "j-", "", endpoint_id.as_str(), &ids[0][..20]] {
+            match s.list_jobs(|_| true, Some(bad), 2) {
+                Err(StoreError::Invalid(f)) => assert_eq!(f.field, "page_token"),
+                other => panic!("{bad:?} accepted: {:?}", other.map(|(j, n)| (j.len(), n))),
+            }
+            assert!(
+                matches!(
+                    s.list_endpoints(|_| true, Some(&ids[0]), 2),
+                    Err(StoreError::Invalid(_))
+                ),
+                "a job id is no endpoint page token"
+            );
+        }
     }
 }
