@@ -196,6 +196,17 @@ pub struct Limits {
     pub max_concurrent_calls: u32,
     /// How often live jobs and endpoints are polled.
     pub reconcile_interval_ms: u64,
+    /// Plugin calls of one target at once (client calls and the reconciler's), so a slow or
+    /// hostile target only ever waits on itself. At most `max_concurrent_calls`.
+    pub target_concurrent_calls: u32,
+    /// How long a Ready endpoint's readiness probe may keep failing (it is `degraded`
+    /// meanwhile) before the endpoint is `failed`.
+    pub endpoint_failure_after_ms: u64,
+    /// What a plugin may return, checked before anything is stored: names, states, messages,
+    /// URIs and route fields; a backend-ref's data; one page of log lines.
+    pub max_plugin_text_bytes: usize,
+    pub max_plugin_ref_bytes: usize,
+    pub max_plugin_log_page_bytes: usize,
 }
 
 impl Default for Limits {
@@ -205,6 +216,11 @@ impl Default for Limits {
             memory_mib: 64,
             max_concurrent_calls: 64,
             reconcile_interval_ms: 500,
+            target_concurrent_calls: 16,
+            endpoint_failure_after_ms: 30_000,
+            max_plugin_text_bytes: 16 * 1024,
+            max_plugin_ref_bytes: 64 * 1024,
+            max_plugin_log_page_bytes: 4 << 20,
         }
     }
 }
@@ -370,12 +386,28 @@ impl Config {
             ("max_concurrent_calls", u64::from(l.max_concurrent_calls)),
             // The reconciler ticks at this interval; a zero one is a panic in its timer.
             ("reconcile_interval_ms", l.reconcile_interval_ms),
+            (
+                "target_concurrent_calls",
+                u64::from(l.target_concurrent_calls),
+            ),
+            ("max_plugin_text_bytes", l.max_plugin_text_bytes as u64),
+            ("max_plugin_ref_bytes", l.max_plugin_ref_bytes as u64),
+            (
+                "max_plugin_log_page_bytes",
+                l.max_plugin_log_page_bytes as u64,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!(
                     "limits.{key}: must be positive"
                 )));
             }
+        }
+        if l.target_concurrent_calls > l.max_concurrent_calls {
+            return Err(ConfigError::Invalid(format!(
+                "limits.target_concurrent_calls: {} is more than limits.max_concurrent_calls ({})",
+                l.target_concurrent_calls, l.max_concurrent_calls
+            )));
         }
         // Slower than this, live records would look stuck to everyone watching them.
         const MAX_RECONCILE_INTERVAL_MS: u64 = 60 * 60 * 1000;

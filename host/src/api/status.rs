@@ -134,7 +134,11 @@ fn map(e: GatewayError) -> Status {
                 BackendFailure::Unsupported(_) => Status::unimplemented(msg),
                 BackendFailure::Internal(_) => Status::internal(msg),
             },
-            PluginError::Trap { .. } | PluginError::Load { .. } => Status::internal(msg),
+            // The plugin's fault, not the caller's: nothing in the request can mend it.
+            PluginError::Trap { .. }
+            | PluginError::Load { .. }
+            | PluginError::Oversized { .. }
+            | PluginError::Contract { .. } => Status::internal(msg),
             PluginError::Deadline { .. } => Status::deadline_exceeded(msg),
             PluginError::MemoryExhausted { .. } => Status::resource_exhausted(msg),
             PluginError::Unsupported { .. } => Status::unimplemented(msg),

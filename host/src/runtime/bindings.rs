@@ -1,6 +1,10 @@
-//! The one place WIT types and domain types meet.
+//! The one place WIT types and domain types meet. What comes back from a plugin is checked
+//! against the limits (`Bounds`) on its way in, before anything stores or answers it.
 
+use super::PluginError;
+use super::bounds::Bounds;
 use crate::domain;
+use crate::runtime::BackendFailure;
 
 pub use crate::contract::types as wit;
 pub use crate::contract::{Backend, BackendPre, serving, training};
@@ -69,14 +73,19 @@ pub fn ref_to_wit(r: &domain::BackendRef) -> wit::BackendRef {
     }
 }
 
-pub fn ref_from_wit(r: wit::BackendRef) -> domain::BackendRef {
-    domain::BackendRef {
+pub fn ref_from_wit(r: wit::BackendRef, b: Bounds) -> Result<domain::BackendRef, PluginError> {
+    b.text("backend-ref name", &r.name)?;
+    b.ref_data("backend-ref data", &r.data)?;
+    Ok(domain::BackendRef {
         name: r.name,
         data: r.data,
-    }
+    })
 }
 
-pub fn job_status_from_wit(s: wit::JobStatus) -> domain::JobObservation {
+pub fn job_status_from_wit(
+    s: wit::JobStatus,
+    b: Bounds,
+) -> Result<domain::JobObservation, PluginError> {
     let (state, reason) = match s.state {
         wit::JobState::Pending => (domain::JobState::Pending, None),
         wit::JobState::Running => (domain::JobState::Running, None),
@@ -84,13 +93,17 @@ pub fn job_status_from_wit(s: wit::JobStatus) -> domain::JobObservation {
         wit::JobState::Failed(r) => (domain::JobState::Failed, Some(r)),
         wit::JobState::Cancelled => (domain::JobState::Cancelled, None),
     };
-    domain::JobObservation {
+    b.opt_text("failure reason", &reason)?;
+    b.text("raw state", &s.raw_state)?;
+    b.opt_text("status message", &s.message)?;
+    b.opt_text("output URI", &s.output_uri)?;
+    Ok(domain::JobObservation {
         state,
         message: reason.or(s.message).unwrap_or_default(),
         backend_state: s.raw_state,
         output_uri: s.output_uri,
-        updated_ref: s.updated_ref.map(ref_from_wit),
-    }
+        updated_ref: s.updated_ref.map(|r| ref_from_wit(r, b)).transpose()?,
+    })
 }
 
 pub struct EndpointObservation {
@@ -100,7 +113,10 @@ pub struct EndpointObservation {
     pub updated_ref: Option<domain::BackendRef>,
 }
 
-pub fn endpoint_status_from_wit(s: wit::EndpointStatus) -> EndpointObservation {
+pub fn endpoint_status_from_wit(
+    s: wit::EndpointStatus,
+    b: Bounds,
+) -> Result<EndpointObservation, PluginError> {
     let (state, reason) = match s.state {
         wit::EndpointState::Creating => (domain::EndpointState::Creating, None),
         wit::EndpointState::Ready => (domain::EndpointState::Ready, None),
@@ -108,16 +124,31 @@ pub fn endpoint_status_from_wit(s: wit::EndpointStatus) -> EndpointObservation {
         wit::EndpointState::Failed(r) => (domain::EndpointState::Failed, Some(r)),
         wit::EndpointState::Deleted => (domain::EndpointState::Deleted, None),
     };
-    EndpointObservation {
+    b.opt_text("failure reason", &reason)?;
+    b.text("raw state", &s.raw_state)?;
+    b.opt_text("status message", &s.message)?;
+    Ok(EndpointObservation {
         state,
         message: reason.or(s.message).unwrap_or_default(),
         backend_state: s.raw_state,
-        updated_ref: s.updated_ref.map(ref_from_wit),
-    }
+        updated_ref: s.updated_ref.map(|r| ref_from_wit(r, b)).transpose()?,
+    })
 }
 
-pub fn log_page_from_wit(p: wit::LogPage) -> domain::LogPage {
-    domain::LogPage {
+/// A page of at most `asked` lines, as the contract says.
+pub fn log_page_from_wit(
+    p: wit::LogPage,
+    asked: u32,
+    b: Bounds,
+) -> Result<domain::LogPage, PluginError> {
+    b.text("log cursor", &p.next_cursor)?;
+    let bytes: usize = p
+        .lines
+        .iter()
+        .map(|l| l.source.len() + l.text.len() + 8)
+        .sum();
+    b.log_page(p.lines.len(), asked, bytes)?;
+    Ok(domain::LogPage {
         lines: p
             .lines
             .into_iter()
@@ -129,11 +160,29 @@ pub fn log_page_from_wit(p: wit::LogPage) -> domain::LogPage {
             .collect(),
         next_cursor: p.next_cursor,
         complete: p.complete,
-    }
+    })
 }
 
-pub fn route_from_wit(r: wit::Route) -> domain::Route {
-    domain::Route {
+/// More headers than any real route needs.
+const MAX_ROUTE_HEADERS: usize = 64;
+
+pub fn route_from_wit(r: wit::Route, b: Bounds) -> Result<domain::Route, PluginError> {
+    b.text("route URL", &r.url)?;
+    b.text("route model name", &r.model_name)?;
+    if r.headers.len() > MAX_ROUTE_HEADERS {
+        return Err(PluginError::Contract {
+            target: b.target.to_string(),
+            message: format!(
+                "the route has {} headers, more than {MAX_ROUTE_HEADERS}",
+                r.headers.len()
+            ),
+        });
+    }
+    for kv in &r.headers {
+        b.text("route header", &kv.key)?;
+        b.text("route header value", &kv.value)?;
+    }
+    Ok(domain::Route {
         url: r.url,
         protocol: match r.protocol {
             wit::Protocol::OipV2 => domain::Protocol::OipV2,
@@ -141,10 +190,33 @@ pub fn route_from_wit(r: wit::Route) -> domain::Route {
         },
         model_name: r.model_name,
         headers: r.headers.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+    })
+}
+
+/// A backend's own error, its texts cut to fit: the call fails either way.
+pub fn failure_from_wit(e: wit::BackendError, b: Bounds) -> BackendFailure {
+    let t = |s: String| b.error_text(s);
+    match e {
+        wit::BackendError::InvalidSpec(f) => BackendFailure::InvalidSpec {
+            field: t(f.field),
+            reason: t(f.reason),
+        },
+        wit::BackendError::NotFound(m) => BackendFailure::NotFound(t(m)),
+        wit::BackendError::Denied(d) => BackendFailure::Denied {
+            capability: t(d.capability),
+            reason: t(d.reason),
+        },
+        wit::BackendError::Unavailable(m) => BackendFailure::Unavailable(t(m)),
+        wit::BackendError::Conflict(m) => BackendFailure::Conflict(t(m)),
+        wit::BackendError::Unsupported(m) => BackendFailure::Unsupported(t(m)),
+        wit::BackendError::Internal(m) => BackendFailure::Internal(t(m)),
     }
 }
 
-pub fn info_from_wit(i: wit::BackendInfo) -> domain::PluginInfo {
+pub fn info_from_wit(i: wit::BackendInfo, b: Bounds) -> Result<domain::PluginInfo, PluginError> {
+    b.text("plugin name", &i.name)?;
+    b.text("plugin version", &i.version)?;
+    b.text("plugin description", &i.description)?;
     use domain::Feature as F;
     use wit::Features as W;
     let table = [
@@ -165,7 +237,7 @@ pub fn info_from_wit(i: wit::BackendInfo) -> domain::PluginInfo {
         (N::SAGEMAKER, C::Sagemaker),
         (N::HTTP, C::Http),
     ];
-    domain::PluginInfo {
+    Ok(domain::PluginInfo {
         name: i.name,
         version: i.version,
         description: i.description,
@@ -179,5 +251,5 @@ pub fn info_from_wit(i: wit::BackendInfo) -> domain::PluginInfo {
             .filter(|(w, _)| i.needs.contains(*w))
             .map(|(_, c)| c)
             .collect(),
-    }
+    })
 }

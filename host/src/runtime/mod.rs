@@ -4,6 +4,7 @@
 //! memory cap, and a permit from a semaphore sized to the pooling allocator.
 
 pub mod bindings;
+mod bounds;
 mod cache;
 mod state;
 
@@ -25,6 +26,7 @@ use crate::capabilities::{self, Capabilities};
 use crate::config::{Config, Limits};
 use crate::domain::{self, Capability, Feature, PluginInfo};
 use bindings::{Backend, BackendPre, wit};
+use bounds::Bounds;
 pub use state::HostState;
 
 /// How a plugin call went wrong, in the runtime's terms.
@@ -49,6 +51,19 @@ pub enum PluginError {
     },
     #[error("plugin {plugin}: {message}")]
     Load { plugin: String, message: String },
+    #[error(
+        "target {target}: the plugin returned a {what} of {size} bytes, over the {limit}-byte limit (limits.{key})"
+    )]
+    Oversized {
+        target: String,
+        what: String,
+        size: usize,
+        limit: usize,
+        key: &'static str,
+    },
+    /// The plugin answered something the contract rules out.
+    #[error("target {target}: the plugin broke the contract: {message}")]
+    Contract { target: String, message: String },
 }
 
 /// A backend's own error, as the WIT contract defines it.
@@ -68,26 +83,6 @@ pub enum BackendFailure {
     Unsupported(String),
     #[error("internal error: {0}")]
     Internal(String),
-}
-
-impl From<wit::BackendError> for BackendFailure {
-    fn from(e: wit::BackendError) -> Self {
-        match e {
-            wit::BackendError::InvalidSpec(f) => Self::InvalidSpec {
-                field: f.field,
-                reason: f.reason,
-            },
-            wit::BackendError::NotFound(m) => Self::NotFound(m),
-            wit::BackendError::Denied(d) => Self::Denied {
-                capability: d.capability,
-                reason: d.reason,
-            },
-            wit::BackendError::Unavailable(m) => Self::Unavailable(m),
-            wit::BackendError::Conflict(m) => Self::Conflict(m),
-            wit::BackendError::Unsupported(m) => Self::Unsupported(m),
-            wit::BackendError::Internal(m) => Self::Internal(m),
-        }
-    }
 }
 
 pub struct Plugin {
@@ -321,7 +316,14 @@ impl Runtime {
                 .call_describe(&mut call.store),
         )
         .await;
-        let info = bindings::info_from_wit(call.finish(res)?);
+        let info = bindings::info_from_wit(
+            call.finish(res)?,
+            Bounds {
+                target: name,
+                limits: &self.limits,
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("plugin {name}: describe: {e}"))?;
         tracing::info!(plugin = name, version = %info.version, digest = %&digest[..12], "loaded plugin");
         Ok(Plugin {
             name: name.into(),
@@ -468,9 +470,16 @@ impl Call<'_> {
         res: Result<wasmtime::Result<Result<R, wit::BackendError>>, tokio::time::error::Elapsed>,
     ) -> Result<R, PluginError> {
         let target = self.target.name.clone();
+        let limits = self.limits;
         self.finish(res)?.map_err(|e| PluginError::Backend {
+            failure: bindings::failure_from_wit(
+                e,
+                Bounds {
+                    target: &target,
+                    limits,
+                },
+            ),
             target,
-            failure: e.into(),
         })
     }
 }
@@ -487,6 +496,13 @@ macro_rules! call {
 
 /// Each operation is one WIT call on a fresh instance.
 impl Runtime {
+    fn bounds<'a>(&'a self, t: &'a Target) -> Bounds<'a> {
+        Bounds {
+            target: &t.name,
+            limits: &self.limits,
+        }
+    }
+
     /// Admits, builds a Store and instantiates the target's plugin, then drops it: the fixed
     /// cost of every call, and a health check that the plugin can still be instantiated.
     pub async fn check(&self, t: &Target) -> Result<(), PluginError> {
@@ -523,7 +539,7 @@ impl Runtime {
             id,
             mlgw_backend_training.call_submit_training(&spec)
         )
-        .map(bindings::ref_from_wit)
+        .and_then(|r| bindings::ref_from_wit(r, self.bounds(t)))
     }
 
     pub async fn training_status(
@@ -534,7 +550,7 @@ impl Runtime {
     ) -> Result<domain::JobObservation, PluginError> {
         let r = bindings::ref_to_wit(r);
         call!(self, t, id, mlgw_backend_training.call_training_status(&r))
-            .map(bindings::job_status_from_wit)
+            .and_then(|s| bindings::job_status_from_wit(s, self.bounds(t)))
     }
 
     pub async fn cancel_training(
@@ -564,7 +580,7 @@ impl Runtime {
             id,
             mlgw_backend_training.call_training_logs(&r, cursor, max_lines)
         )
-        .map(bindings::log_page_from_wit)
+        .and_then(|p| bindings::log_page_from_wit(p, max_lines, self.bounds(t)))
     }
 
     pub async fn validate_endpoint(
@@ -597,7 +613,7 @@ impl Runtime {
             id,
             mlgw_backend_serving.call_deploy_endpoint(&spec)
         )
-        .map(bindings::ref_from_wit)
+        .and_then(|r| bindings::ref_from_wit(r, self.bounds(t)))
     }
 
     pub async fn endpoint_status(
@@ -608,7 +624,7 @@ impl Runtime {
     ) -> Result<bindings::EndpointObservation, PluginError> {
         let r = bindings::ref_to_wit(r);
         call!(self, t, id, mlgw_backend_serving.call_describe_endpoint(&r))
-            .map(bindings::endpoint_status_from_wit)
+            .and_then(|s| bindings::endpoint_status_from_wit(s, self.bounds(t)))
     }
 
     pub async fn update_endpoint(
@@ -630,7 +646,7 @@ impl Runtime {
             id,
             mlgw_backend_serving.call_update_endpoint(&r, &spec)
         )
-        .map(bindings::ref_from_wit)
+        .and_then(|r| bindings::ref_from_wit(r, self.bounds(t)))
     }
 
     pub async fn delete_endpoint(
@@ -651,7 +667,7 @@ impl Runtime {
     ) -> Result<domain::Route, PluginError> {
         let r = bindings::ref_to_wit(r);
         call!(self, t, id, mlgw_backend_serving.call_endpoint_route(&r))
-            .map(bindings::route_from_wit)
+            .and_then(|r| bindings::route_from_wit(r, self.bounds(t)))
     }
 }
 
