@@ -284,6 +284,11 @@ impl Gateway {
             if e.state == EndpointState::Deleted {
                 return false;
             }
+            // An update rolled the record to a new revision while this pass looked at the
+            // old one (and probed the old route); the next pass looks at the new one.
+            if e.backend_ref.as_ref() != Some(r) {
+                return false;
+            }
             if let Some(r) = &obs.updated_ref {
                 e.backend_ref = Some(r.clone());
             }
