@@ -329,7 +329,10 @@ async fn refused_on_predict(
     })
     .await
     .unwrap_or_else(|e| panic!("updating {name}: {e}"));
-    let err = predict(c, &ep.id).await.unwrap_err();
+    let err = match predict(c, &ep.id).await {
+        Ok(r) => panic!("{name}: the refused route served: {r:?}"),
+        Err(e) => e,
+    };
     assert_eq!(
         err.code(),
         Code::PermissionDenied,
@@ -339,11 +342,17 @@ async fn refused_on_predict(
     let refused = format!("target {target}: route refused");
     assert_mentions(name, err.message(), &[refused.as_str()]);
     assert_mentions(name, err.message(), expect);
+    // Ready would mean the probe went through.
     let probed = wait_endpoint(c, &ep.id, &format!("{name}'s probe to be refused"), |e| {
-        e.message.contains("route refused")
+        e.message.contains("route refused") || e.state == pb::EndpointState::Ready as i32
     })
     .await;
-    assert_eq!(probed.state, pb::EndpointState::Updating as i32);
+    assert_eq!(
+        probed.state,
+        pb::EndpointState::Updating as i32,
+        "{name}: {}",
+        probed.message
+    );
     assert_mentions(name, &probed.message, expect);
     assert!(
         server.requests(marker).is_empty(),
@@ -364,13 +373,22 @@ async fn refused_on_probe(
     expect: &[&str],
 ) {
     let ep = deploy(c, target, name, bad).await;
+    // Ready would mean the probe went through.
     let probed = wait_endpoint(c, &ep.id, &format!("{name}'s probe to be refused"), |e| {
-        e.message.contains("route refused")
+        e.message.contains("route refused") || e.state == pb::EndpointState::Ready as i32
     })
     .await;
-    assert_eq!(probed.state, pb::EndpointState::Creating as i32);
+    assert_eq!(
+        probed.state,
+        pb::EndpointState::Creating as i32,
+        "{name}: {}",
+        probed.message
+    );
     assert_mentions(name, &probed.message, expect);
-    let err = predict(c, &ep.id).await.unwrap_err();
+    let err = match predict(c, &ep.id).await {
+        Ok(r) => panic!("{name}: the refused route served: {r:?}"),
+        Err(e) => e,
+    };
     assert_eq!(
         err.code(),
         Code::FailedPrecondition,
