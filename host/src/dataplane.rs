@@ -328,13 +328,14 @@ struct TargetPlane {
     http: reqwest::Client,
 }
 
-type Checked = Result<Arc<CheckedRoute>, Denial>;
+/// The policy's verdict on one route.
+pub type Verdict = Result<Arc<CheckedRoute>, Denial>;
 
 pub struct DataPlane {
     targets: HashMap<String, TargetPlane>,
     /// Per endpoint, the backend ref the route was asked for and the policy's verdict on it.
     /// A refusal is kept too: asking the plugin again would give the same route.
-    routes: Mutex<HashMap<String, (BackendRef, Checked)>>,
+    routes: Mutex<HashMap<String, (BackendRef, Verdict)>>,
 }
 
 /// An error and its causes on one line; reqwest's own message leaves the cause out.
@@ -399,7 +400,7 @@ impl DataPlane {
     }
 
     /// Checks a plugin's route against its target's policy.
-    pub fn check(&self, target: &str, route: &Route) -> Checked {
+    pub fn check(&self, target: &str, route: &Route) -> Verdict {
         let policy = &self.plane(target)?.policy;
         let c = policy.check(&route.url, &route.model_name, &route.headers)?;
         let base = c.url.path().trim_end_matches('/');
@@ -418,7 +419,7 @@ impl DataPlane {
         }))
     }
 
-    pub fn cached(&self, endpoint: &str, r: &BackendRef) -> Option<Checked> {
+    pub fn cached(&self, endpoint: &str, r: &BackendRef) -> Option<Verdict> {
         let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         routes
             .get(endpoint)
@@ -426,7 +427,7 @@ impl DataPlane {
             .map(|(_, route)| route.clone())
     }
 
-    pub fn remember(&self, endpoint: &str, r: &BackendRef, route: Checked) {
+    pub fn remember(&self, endpoint: &str, r: &BackendRef, route: Verdict) {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         routes.insert(endpoint.into(), (r.clone(), route));
     }

@@ -64,10 +64,8 @@ fn effective(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => {
             let s = v6.segments();
             if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                let [a, b, c, d] = v6.octets()[12..] else {
-                    unreachable!()
-                };
-                IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+                let o = v6.octets();
+                IpAddr::V4(Ipv4Addr::new(o[12], o[13], o[14], o[15]))
             } else {
                 IpAddr::V6(v6)
             }
@@ -228,7 +226,7 @@ pub struct RoutePolicy {
 
 /// The parts of a route the data plane may use.
 #[derive(Debug)]
-pub struct Checked {
+pub struct Allowed {
     pub url: Url,
     pub headers: HeaderMap,
     /// The model name percent-encoded as one path segment.
@@ -325,8 +323,8 @@ impl RoutePolicy {
         url: &str,
         model_name: &str,
         headers: &[(String, String)],
-    ) -> Result<Checked, Denial> {
-        Ok(Checked {
+    ) -> Result<Allowed, Denial> {
+        Ok(Allowed {
             url: self.check_url(url)?,
             headers: self.check_headers(headers)?,
             model_segment: self.model_segment(model_name)?,
