@@ -48,6 +48,9 @@ pub struct TargetConfig {
     pub settings: toml::Table,
     #[serde(default)]
     pub grants: Grants,
+    /// Where the data plane may send this target's predictions and readiness probes.
+    #[serde(default)]
+    pub routes: Routes,
 }
 
 /// Capabilities the operator grants a target. Anything not granted answers `denied`; `log` is
@@ -185,6 +188,70 @@ fn default_max_processes() -> u32 {
     64
 }
 
+/// The operator's policy for the routes a target's plugin hands the data plane
+/// (`[targets.X.routes]`). A route outside it is refused before any request is sent.
+/// Link-local, cloud metadata and unspecified addresses are refused whatever this says.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Routes {
+    /// URL schemes a route may use.
+    pub schemes: Vec<String>,
+    /// Host names a route may name: exact (`ingress.example.com`) or a suffix
+    /// (`*.example.com`, which matches names below it, not the name itself). A listed name may
+    /// resolve to any address except the never-allowed ones.
+    pub hosts: Option<Vec<String>>,
+    /// Address ranges (`10.0.0.0/8`, `::1/128`, or a bare address) a route may name as an IP
+    /// literal, or that an unlisted host name must resolve into.
+    /// Unset together with `hosts`: loopback for targets of the bundled `local` plugin (it
+    /// only ever serves on this machine), nothing for every other plugin.
+    pub cidrs: Option<Vec<String>>,
+    /// Sensitive headers (credentials such as `Authorization` or `X-Api-Key`, Host-overriding
+    /// ones such as `X-Forwarded-Host`) the plugin may set. Other headers need no entry;
+    /// hop-by-hop and framing headers can never be set.
+    pub headers: Vec<String>,
+    /// Whether the plugin may set `Host`, e.g. to address one service behind an ingress.
+    pub allow_host_header: bool,
+    /// Largest response body read from a model server.
+    pub max_response_bytes: u64,
+    pub connect_timeout_ms: u64,
+    /// One prediction, response body included.
+    pub request_timeout_ms: u64,
+    /// One readiness probe.
+    pub probe_timeout_ms: u64,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Self {
+            schemes: vec!["http".into(), "https".into()],
+            hosts: None,
+            cidrs: None,
+            headers: Vec::new(),
+            allow_host_header: false,
+            max_response_bytes: 16 << 20,
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 60_000,
+            probe_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl Routes {
+    /// The allowed host names and address ranges, defaults applied (`loopback_default`: the
+    /// target runs the bundled `local` plugin).
+    pub fn allowed(&self, loopback_default: bool) -> (Vec<String>, Vec<String>) {
+        match (&self.hosts, &self.cidrs) {
+            (None, None) if loopback_default => {
+                (Vec::new(), vec!["127.0.0.0/8".into(), "::1/128".into()])
+            }
+            (hosts, cidrs) => (
+                hosts.clone().unwrap_or_default(),
+                cidrs.clone().unwrap_or_default(),
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -273,6 +340,7 @@ impl Config {
                     kube: None,
                     log: LogGrant::default(),
                 },
+                routes: Routes::default(),
             },
         );
         Self {
@@ -368,6 +436,8 @@ impl Config {
                     }
                 }
             }
+            crate::dataplane::policy::RoutePolicy::new(name, &t.routes, self.runs_bundled_local(t))
+                .map_err(ConfigError::Invalid)?;
             if !self.plugins.contains_key(&t.plugin)
                 && !mlgw_plugin_artifacts::bundled()
                     .iter()
@@ -426,6 +496,11 @@ impl Config {
         })
     }
 
+    /// Whether a target runs the bundled `local` plugin (not one the operator named "local").
+    pub fn runs_bundled_local(&self, t: &TargetConfig) -> bool {
+        t.plugin == "local" && !self.plugins.contains_key("local")
+    }
+
     pub fn process_root(&self, target: &str, grant: &ProcessGrant) -> PathBuf {
         grant
             .root
@@ -479,6 +554,59 @@ plugin = "mine"
         std::fs::write(&p, "[targets.a]\nplugin = \"nope\"\n").unwrap();
         let e = Config::load(&p).unwrap_err().to_string();
         assert!(e.contains("targets.a.plugin"), "{e}");
+    }
+
+    #[test]
+    fn route_policies_parse_and_their_mistakes_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            r#"
+[targets.kserve]
+plugin = "local"
+[targets.kserve.routes]
+hosts = ["*.ingress.example.com"]
+cidrs = ["10.0.0.0/8"]
+headers = ["X-Api-Key"]
+allow_host_header = true
+max_response_bytes = 1024
+"#,
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        let r = &c.targets["kserve"].routes;
+        assert_eq!(r.max_response_bytes, 1024);
+        assert_eq!(r.request_timeout_ms, 60_000);
+        // Listing hosts or ranges replaces the local plugin's loopback default.
+        assert_eq!(
+            r.allowed(c.runs_bundled_local(&c.targets["kserve"])),
+            (
+                vec!["*.ingress.example.com".to_string()],
+                vec!["10.0.0.0/8".to_string()]
+            )
+        );
+        let embedded = Config::embedded();
+        let local = &embedded.targets["local"];
+        assert!(embedded.runs_bundled_local(local));
+        assert_eq!(
+            local.routes.allowed(true).1,
+            vec!["127.0.0.0/8".to_string(), "::1/128".to_string()]
+        );
+
+        std::fs::write(
+            &p,
+            "[targets.a]\nplugin = \"local\"\n[targets.a.routes]\ncidrs = [\"169.254.0.0/16\"]\n",
+        )
+        .unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("targets.a.routes.cidrs"), "{e}");
+        std::fs::write(
+            &p,
+            "[targets.a]\nplugin = \"local\"\n[targets.a.routes]\nhost = [\"x\"]\n",
+        )
+        .unwrap();
+        assert!(matches!(Config::load(&p), Err(ConfigError::Parse { .. })));
     }
 
     #[test]

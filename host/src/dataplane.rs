@@ -1,26 +1,51 @@
 //! The native data plane: predictions go from the gateway straight to the model server the
 //! plugin's route names, as Open Inference Protocol V2 JSON. Tensor bytes never pass through
 //! WebAssembly; the plugin is asked for the route once and the answer is cached until the
-//! endpoint's backend ref changes.
+//! endpoint's backend ref changes. A route is used only once the target's policy
+//! (`policy`) has checked it; redirects are not followed and response bodies are capped.
+
+pub mod policy;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::config::Config;
 use crate::domain::{BackendRef, Protocol, Route};
+use policy::{Denial, PolicyResolver, RoutePolicy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataPlaneError {
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
+    #[error(transparent)]
+    RouteDenied(#[from] Denial),
     #[error("model server at {url} unreachable: {message}")]
     Unreachable { url: String, message: String },
     #[error("model server rejected the request ({status}): {message}")]
     Rejected { status: u16, message: String },
     #[error("model server failed ({status}): {message}")]
     ServerError { status: u16, message: String },
+    #[error(
+        "model server at {url} answered with a redirect ({status}) to {location:?}; the gateway \
+         does not follow redirects"
+    )]
+    Redirected {
+        url: String,
+        status: u16,
+        location: String,
+    },
+    #[error(
+        "model server at {url} answered more than {limit} bytes (target {target}: raise \
+         targets.{target}.routes.max_response_bytes to allow more)"
+    )]
+    ResponseTooLarge {
+        target: String,
+        url: String,
+        limit: u64,
+    },
     #[error("model server answered something that is not an inference response: {0}")]
     BadResponse(String),
     #[error("{0}")]
@@ -283,30 +308,116 @@ pub fn parse_response(v: &Value) -> Result<InferResponse, DataPlaneError> {
     })
 }
 
-pub struct DataPlane {
-    http: reqwest::Client,
-    routes: Mutex<HashMap<String, (BackendRef, Route)>>,
+/// A route the target's policy allowed, with the URLs and headers the data plane sends.
+#[derive(Debug)]
+pub struct CheckedRoute {
+    pub target: String,
+    /// As the plugin gave it: what the endpoint record shows.
+    pub url: String,
+    pub protocol: Protocol,
+    ready_url: reqwest::Url,
+    infer_url: reqwest::Url,
+    headers: reqwest::header::HeaderMap,
 }
 
-impl Default for DataPlane {
-    fn default() -> Self {
-        Self::new()
+/// One target's client: its policy's resolver, timeouts and no redirects; pooled connections.
+struct TargetPlane {
+    policy: Arc<RoutePolicy>,
+    http: reqwest::Client,
+}
+
+/// The policy's verdict on one route.
+pub type Verdict = Result<Arc<CheckedRoute>, Denial>;
+
+pub struct DataPlane {
+    targets: HashMap<String, TargetPlane>,
+    /// Per endpoint, the backend ref the route was asked for and the policy's verdict on it.
+    /// A refusal is kept too: asking the plugin again would give the same route.
+    routes: Mutex<HashMap<String, (BackendRef, Verdict)>>,
+}
+
+/// An error and its causes on one line; reqwest's own message leaves the cause out.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
     }
+    out
+}
+
+/// The policy's refusal inside a failed request: the resolver refuses a host name's
+/// addresses while connecting.
+fn denial_in(e: &reqwest::Error) -> Option<Denial> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(d) = s.downcast_ref::<Denial>() {
+            return Some(d.clone());
+        }
+        source = s.source();
+    }
+    None
 }
 
 impl DataPlane {
-    pub fn new() -> Self {
-        Self {
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
+    /// One client per target, bound to the target's route policy.
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let mut targets = HashMap::new();
+        for (name, t) in &config.targets {
+            let policy = Arc::new(
+                RoutePolicy::new(name, &t.routes, config.runs_bundled_local(t))
+                    .map_err(anyhow::Error::msg)?,
+            );
+            let http = reqwest::Client::builder()
+                .connect_timeout(policy.connect_timeout)
                 .pool_idle_timeout(Duration::from_secs(30))
-                .build()
-                .expect("building the HTTP client"),
-            routes: Mutex::new(HashMap::new()),
+                // A redirect would take the request where the policy never looked.
+                .redirect(reqwest::redirect::Policy::none())
+                // So would a proxy from the environment, and the proxy would resolve the name.
+                .no_proxy()
+                .dns_resolver(Arc::new(PolicyResolver(policy.clone())))
+                .build()?;
+            targets.insert(name.clone(), TargetPlane { policy, http });
         }
+        Ok(Self {
+            targets,
+            routes: Mutex::new(HashMap::new()),
+        })
     }
 
-    pub fn cached(&self, endpoint: &str, r: &BackendRef) -> Option<Route> {
+    fn plane(&self, target: &str) -> Result<&TargetPlane, Denial> {
+        self.targets.get(target).ok_or_else(|| Denial {
+            target: target.into(),
+            reason: "the target has no route policy".into(),
+        })
+    }
+
+    /// Checks a plugin's route against its target's policy.
+    pub fn check(&self, target: &str, route: &Route) -> Verdict {
+        let policy = &self.plane(target)?.policy;
+        let c = policy.check(&route.url, &route.model_name, &route.headers)?;
+        let base = c.url.path().trim_end_matches('/');
+        let at = |suffix: &str| {
+            let mut u = c.url.clone();
+            u.set_path(&format!("{base}/v2/models/{}/{suffix}", c.model_segment));
+            u
+        };
+        Ok(Arc::new(CheckedRoute {
+            target: target.into(),
+            url: route.url.clone(),
+            protocol: route.protocol,
+            ready_url: at("ready"),
+            infer_url: at("infer"),
+            headers: c.headers,
+        }))
+    }
+
+    pub fn cached(&self, endpoint: &str, r: &BackendRef) -> Option<Verdict> {
         let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         routes
             .get(endpoint)
@@ -314,7 +425,7 @@ impl DataPlane {
             .map(|(_, route)| route.clone())
     }
 
-    pub fn remember(&self, endpoint: &str, r: &BackendRef, route: Route) {
+    pub fn remember(&self, endpoint: &str, r: &BackendRef, route: Verdict) {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         routes.insert(endpoint.into(), (r.clone(), route));
     }
@@ -324,45 +435,78 @@ impl DataPlane {
         routes.remove(endpoint);
     }
 
-    fn model_url(route: &Route, suffix: &str) -> String {
-        format!(
-            "{}/v2/models/{}{suffix}",
-            route.url.trim_end_matches('/'),
-            route.model_name
-        )
-    }
-
-    fn with_headers(
-        &self,
-        mut b: reqwest::RequestBuilder,
-        route: &Route,
-    ) -> reqwest::RequestBuilder {
-        for (k, v) in &route.headers {
-            b = b.header(k, v);
+    /// Reads a response body, stopping at the target's cap.
+    async fn read_capped(
+        plane: &TargetPlane,
+        route: &CheckedRoute,
+        mut resp: reqwest::Response,
+    ) -> Result<Vec<u8>, DataPlaneError> {
+        let limit = plane.policy.max_response_bytes;
+        let too_large = || DataPlaneError::ResponseTooLarge {
+            target: route.target.clone(),
+            url: route.url.clone(),
+            limit,
+        };
+        let announced = resp.content_length().unwrap_or(0);
+        if announced > limit {
+            return Err(too_large());
         }
-        b
+        let mut body = Vec::with_capacity(announced as usize);
+        while let Some(chunk) = resp.chunk().await.map_err(|e| {
+            DataPlaneError::BadResponse(format!("reading the response: {}", chain(&e)))
+        })? {
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     /// The model server's own word on whether the model can serve.
-    pub async fn model_ready(&self, route: &Route) -> Result<(), String> {
+    pub async fn model_ready(&self, route: &CheckedRoute) -> Result<(), String> {
         if route.protocol != Protocol::OipV2 {
             return Ok(());
         }
-        let req = self
+        let plane = self.plane(&route.target).map_err(|d| d.to_string())?;
+        let sent = plane
             .http
-            .get(Self::model_url(route, "/ready"))
-            .timeout(Duration::from_secs(2));
-        match self.with_headers(req, route).send().await {
-            Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => Err(format!("model not ready ({})", r.status())),
-            Err(e) => Err(format!("{}", e.without_url())),
+            .get(route.ready_url.clone())
+            .headers(route.headers.clone())
+            .timeout(plane.policy.probe_timeout)
+            .send()
+            .await;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(match denial_in(&e) {
+                    Some(d) => d.to_string(),
+                    None => chain(&e.without_url()),
+                });
+            }
+        };
+        let status = resp.status();
+        if status.is_redirection() {
+            return Err(format!(
+                "the model server answered with a redirect ({status}), which the gateway does \
+                 not follow"
+            ));
+        }
+        // Reading the body, however short, lets the connection go back to the pool.
+        Self::read_capped(plane, route, resp)
+            .await
+            .map_err(|e| e.to_string())?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("model not ready ({status})"))
         }
     }
 
     pub async fn infer(
         &self,
         endpoint: &str,
-        route: &Route,
+        route: &CheckedRoute,
         req: InferRequest,
     ) -> Result<InferResponse, DataPlaneError> {
         if route.protocol != Protocol::OipV2 {
@@ -371,28 +515,46 @@ impl DataPlane {
             ));
         }
         let body = request_json(&req)?;
-        let http = self
+        let plane = self.plane(&route.target)?;
+        let sent = plane
             .http
-            .post(Self::model_url(route, "/infer"))
-            .timeout(Duration::from_secs(60))
-            .json(&body);
-        let resp = match self.with_headers(http, route).send().await {
+            .post(route.infer_url.clone())
+            .headers(route.headers.clone())
+            .timeout(plane.policy.request_timeout)
+            .json(&body)
+            .send()
+            .await;
+        let resp = match sent {
             Ok(r) => r,
             Err(e) => {
                 // The server may have moved (restart, rollout): ask the plugin again next time.
                 self.forget(endpoint);
+                if let Some(d) = denial_in(&e) {
+                    return Err(d.into());
+                }
                 return Err(DataPlaneError::Unreachable {
                     url: route.url.clone(),
-                    message: e.without_url().to_string(),
+                    message: chain(&e.without_url()),
                 });
             }
         };
-        let status = resp.status().as_u16();
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| DataPlaneError::BadResponse(e.to_string()))?;
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
+        let status = resp.status();
+        if status.is_redirection() {
+            return Err(DataPlaneError::Redirected {
+                url: route.url.clone(),
+                status: status.as_u16(),
+                location: resp
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned())
+                    .unwrap_or_default(),
+            });
+        }
+        let status = status.as_u16();
+        let bytes = Self::read_capped(plane, route, resp).await?;
+        let text = String::from_utf8_lossy(&bytes);
+        let value: Value =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(text.to_string()));
         if !(200..300).contains(&status) {
             let message = value["error"]
                 .as_str()
@@ -475,5 +637,90 @@ mod tests {
             parse_response(&v),
             Err(DataPlaneError::BadResponse(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    fn plane(routes: &str) -> DataPlane {
+        let cfg: Config = toml::from_str(&format!(
+            "[targets.t]\nplugin = \"x\"\n[targets.t.routes]\n{routes}"
+        ))
+        .unwrap();
+        DataPlane::new(&cfg).unwrap()
+    }
+
+    fn route(url: &str, model: &str) -> Route {
+        Route {
+            url: url.into(),
+            protocol: Protocol::OipV2,
+            model_name: model.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_model_name_cannot_leave_its_segment() {
+        let dp = plane(r#"cidrs = ["10.0.0.0/8"]"#);
+        let c = dp
+            .check(
+                "t",
+                &route("http://10.0.0.1:9000/prefix/", "../../admin?x=1#f"),
+            )
+            .unwrap();
+        assert_eq!(
+            c.infer_url.as_str(),
+            "http://10.0.0.1:9000/prefix/v2/models/..%2F..%2Fadmin%3Fx%3D1%23f/infer"
+        );
+        assert_eq!(c.infer_url.query(), None);
+        assert_eq!(
+            c.ready_url.path_segments().unwrap().collect::<Vec<_>>(),
+            [
+                "prefix",
+                "v2",
+                "models",
+                "..%2F..%2Fadmin%3Fx%3D1%23f",
+                "ready"
+            ]
+        );
+        let e = dp.check("t", &route("http://10.0.0.1/", "..")).unwrap_err();
+        assert!(e.reason.contains("path segment"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_target_has_no_routes() {
+        let dp = plane(r#"cidrs = ["10.0.0.0/8"]"#);
+        let e = dp
+            .check("other", &route("http://10.0.0.1/", "m"))
+            .unwrap_err();
+        assert_eq!(e.target, "other");
+    }
+
+    /// A name is checked again after DNS: "localhost" resolves to loopback, which this
+    /// policy does not allow, so the connection is never attempted and the refusal (from
+    /// inside reqwest's connector) comes back as the policy's own error.
+    #[tokio::test]
+    async fn a_name_resolving_outside_the_policy_is_refused_while_connecting() {
+        let dp = plane(r#"cidrs = ["10.0.0.0/8"]"#);
+        let c = dp.check("t", &route("http://localhost:9/", "m")).unwrap();
+        let why = dp.model_ready(&c).await.unwrap_err();
+        assert!(
+            why.contains("route refused") && why.contains("resolves to 127.0.0.1"),
+            "{why}"
+        );
+        let req = InferRequest {
+            inputs: vec![Tensor {
+                name: "x".into(),
+                datatype: "FP64".into(),
+                shape: vec![1],
+                parameters: BTreeMap::new(),
+                data: TensorData::Float(vec![1.0]),
+            }],
+            ..Default::default()
+        };
+        let e = dp.infer("e", &c, req).await.unwrap_err();
+        assert!(matches!(e, DataPlaneError::RouteDenied(_)), "{e}");
     }
 }

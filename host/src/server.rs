@@ -30,7 +30,8 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Gateway>> {
         )
     })?;
     let runtime = Arc::new(Runtime::load(config, &store).await?);
-    Ok(Arc::new(Gateway::new(store, runtime, LOG_POLL)))
+    let dataplane = crate::dataplane::DataPlane::new(config)?;
+    Ok(Arc::new(Gateway::new(store, runtime, dataplane, LOG_POLL)))
 }
 
 /// Serves until `shutdown` resolves. `on_listening` learns the bound address (port 0 works).

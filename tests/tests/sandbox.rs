@@ -123,7 +123,9 @@ async fn each_misbehaviour_ends_in_its_own_status_while_others_are_served() {
 #[tokio::test]
 async fn unsupported_features_are_refused_before_the_plugin_is_called() {
     let (_d, gw) = gateway().await;
-    // The hostile fixture declares training only.
+    // The hostile fixture serves but has no traffic splitting. Its validate-endpoint would
+    // refuse this model_uri (not a route) with INVALID_ARGUMENT, so UNIMPLEMENTED also shows
+    // the plugin was never asked.
     let err = gw
         .serving()
         .await
@@ -133,6 +135,7 @@ async fn unsupported_features_are_refused_before_the_plugin_is_called() {
                 name: "m".into(),
                 model_uri: "file:///m".into(),
                 model_format: "sklearn".into(),
+                canary_percent: Some(10),
                 ..Default::default()
             }),
             ..Default::default()
@@ -140,5 +143,5 @@ async fn unsupported_features_are_refused_before_the_plugin_is_called() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented, "{}", err.message());
-    assert!(err.message().contains("serving"), "{}", err.message());
+    assert!(err.message().contains("canary"), "{}", err.message());
 }

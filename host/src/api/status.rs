@@ -146,10 +146,12 @@ fn map(e: GatewayError) -> Status {
         GatewayError::DataPlane(d) => match d {
             DataPlaneError::Invalid { field, reason } => invalid(&field, &reason),
             DataPlaneError::Rejected { .. } => Status::new(Code::InvalidArgument, msg),
+            DataPlaneError::RouteDenied(_) => Status::permission_denied(msg),
             DataPlaneError::Unreachable { .. } => Status::unavailable(msg),
-            DataPlaneError::ServerError { .. } | DataPlaneError::BadResponse(_) => {
-                Status::internal(msg)
-            }
+            DataPlaneError::ResponseTooLarge { .. } => Status::resource_exhausted(msg),
+            DataPlaneError::ServerError { .. }
+            | DataPlaneError::BadResponse(_)
+            | DataPlaneError::Redirected { .. } => Status::internal(msg),
             DataPlaneError::Unsupported(_) => Status::unimplemented(msg),
         },
     }

@@ -1,7 +1,9 @@
 //! Model endpoints: deploy, read, update, delete, and predictions through them.
 
+use std::sync::Arc;
+
 use super::{DEFAULT_TENANT, Gateway};
-use crate::dataplane::{InferRequest, InferResponse};
+use crate::dataplane::{CheckedRoute, DataPlaneError, InferRequest, InferResponse};
 use crate::domain::{
     Endpoint, EndpointSpec, EndpointState, Feature, now_ms, validate_endpoint_spec,
 };
@@ -206,20 +208,25 @@ impl Gateway {
         Ok(self.dataplane.infer(&ep.id, &route, req).await?)
     }
 
-    async fn route(&self, ep: &Endpoint) -> Result<crate::domain::Route> {
+    /// The endpoint's route, checked against its target's policy.
+    async fn route(&self, ep: &Endpoint) -> Result<Arc<CheckedRoute>> {
         let Some(r) = &ep.backend_ref else {
             return Err(GatewayError::FailedPrecondition(format!(
                 "endpoint {} has no backend yet",
                 ep.spec.name
             )));
         };
-        if let Some(route) = self.dataplane.cached(&ep.id, r) {
-            return Ok(route);
-        }
-        let t = self.resolve_target(&ep.target)?;
-        let route = self.runtime.endpoint_route(&t, &ep.id, r).await?;
-        self.dataplane.remember(&ep.id, r, route.clone());
-        Ok(route)
+        let checked = match self.dataplane.cached(&ep.id, r) {
+            Some(c) => c,
+            None => {
+                let t = self.resolve_target(&ep.target)?;
+                let route = self.runtime.endpoint_route(&t, &ep.id, r).await?;
+                let checked = self.dataplane.check(&t.name, &route);
+                self.dataplane.remember(&ep.id, r, checked.clone());
+                checked
+            }
+        };
+        Ok(checked.map_err(DataPlaneError::from)?)
     }
 
     /// One reconciliation step for a live endpoint. "Ready" from a backend is only believed
@@ -250,9 +257,18 @@ impl Gateway {
         let mut message = obs.message.clone();
         let mut url = None;
         if state == EndpointState::Ready {
-            let route = self.route(ep).await?;
-            match self.dataplane.model_ready(&route).await {
-                Ok(()) => url = Some(route.url.clone()),
+            let probe = match self.route(ep).await {
+                Ok(route) => self
+                    .dataplane
+                    .model_ready(&route)
+                    .await
+                    .map(|()| route.url.clone()),
+                // A refused route fails the probe without a request being sent.
+                Err(GatewayError::DataPlane(DataPlaneError::RouteDenied(d))) => Err(d.to_string()),
+                Err(e) => return Err(e),
+            };
+            match probe {
+                Ok(u) => url = Some(u),
                 Err(why) => {
                     state = match ep.state {
                         // It was serving and stopped answering: say so rather than pretend.
@@ -266,6 +282,11 @@ impl Gateway {
         }
         self.store.update_endpoint(&ep.id, |e| {
             if e.state == EndpointState::Deleted {
+                return false;
+            }
+            // An update rolled the record to a new revision while this pass looked at the
+            // old one (and probed the old route); the next pass looks at the new one.
+            if e.backend_ref.as_ref() != Some(r) {
                 return false;
             }
             if let Some(r) = &obs.updated_ref {

@@ -48,11 +48,16 @@ impl Drop for Starting<'_> {
 }
 
 impl Gateway {
-    pub fn new(store: Store, runtime: Arc<Runtime>, log_poll: std::time::Duration) -> Self {
+    pub fn new(
+        store: Store,
+        runtime: Arc<Runtime>,
+        dataplane: DataPlane,
+        log_poll: std::time::Duration,
+    ) -> Self {
         Self {
             store,
             runtime,
-            dataplane: DataPlane::new(),
+            dataplane,
             log_poll,
             starting: Mutex::default(),
         }
