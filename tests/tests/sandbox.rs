@@ -145,3 +145,88 @@ async fn unsupported_features_are_refused_before_the_plugin_is_called() {
     assert_eq!(err.code(), Code::Unimplemented, "{}", err.message());
     assert!(err.message().contains("canary"), "{}", err.message());
 }
+
+#[tokio::test]
+async fn oversized_answers_fail_their_own_call_and_never_grow_the_store() {
+    let (_d, gw) = gateway().await;
+    let mut c = gw.training().await;
+
+    // An 8 MiB backend-ref name: the submit fails, readably, and the job says why.
+    let err = submit(&mut c, "hostile", named("huge-ref"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "{}", err.message());
+    assert!(
+        err.message().contains("target hostile")
+            && err.message().contains("backend-ref name")
+            && err.message().contains("limits.max_plugin_text_bytes"),
+        "{}",
+        err.message()
+    );
+
+    // An 8 MiB error text and a 1 MiB field path arrive cut to something a client can read.
+    let err = submit(&mut c, "hostile", named("huge-error"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Internal);
+    assert!(err.message().len() <= 16 * 1024, "{}", err.message().len());
+    let err = submit(&mut c, "hostile", named("long-field"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::InvalidArgument,
+        "{}",
+        &err.message()[..80]
+    );
+    let field = err.metadata().get("mlgw-field").expect("the field trailer");
+    assert!(field.len() <= 256, "{}", field.len());
+
+    // A 20 MiB status message is refused at the boundary: every List still fits a client,
+    // and the job tells why it no longer moves.
+    let j = submit(&mut c, "hostile", named("huge-message"))
+        .await
+        .unwrap();
+    let seen = wait_for(Duration::from_secs(30), "the unreadable status", || {
+        let mut c = c.clone();
+        let id = j.id.clone();
+        async move {
+            let j = c.get(pb::GetJobRequest { id }).await.ok()?.into_inner();
+            j.message.contains("could not be read").then_some(j)
+        }
+    })
+    .await;
+    assert!(seen.message.contains("status message"), "{}", seen.message);
+    assert!(seen.message.len() < 1024, "{}", seen.message.len());
+    let all = c
+        .list(pb::ListJobsRequest::default())
+        .await
+        .expect("an unfiltered list still fits")
+        .into_inner();
+    assert!(all.jobs.iter().any(|x| x.id == j.id));
+    let failed = all
+        .jobs
+        .iter()
+        .find(|x| x.spec.as_ref().unwrap().name == "huge-ref");
+    let failed = failed.expect("the huge-ref job is recorded");
+    assert_eq!(state(failed), pb::JobState::Failed);
+    assert!(failed.backend_ref.is_empty());
+
+    // A log page longer than asked for is refused, not turned into cursors.
+    let j = submit(&mut c, "hostile", named("long-log-page"))
+        .await
+        .unwrap();
+    let mut s = c
+        .logs(pb::JobLogsRequest {
+            id: j.id,
+            follow: false,
+            cursor: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    use futures::StreamExt;
+    let err = s.next().await.expect("an answer").unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "{}", err.message());
+    assert!(err.message().contains("asked for"), "{}", err.message());
+}

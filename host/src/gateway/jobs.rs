@@ -317,6 +317,18 @@ impl Gateway {
                 })?;
                 Ok(())
             }
+            // Nothing of the answer is kept, but the job should say why it stopped moving.
+            Err(e @ (PluginError::Oversized { .. } | PluginError::Contract { .. })) => {
+                let msg = format!("the target's status could not be read: {e}");
+                self.store.update_job(&job.id, |j| {
+                    let changed = !j.state.is_terminal() && j.message != msg;
+                    if changed {
+                        j.transition(j.state, msg.clone(), now_ms());
+                    }
+                    changed
+                })?;
+                Err(e.into())
+            }
             Err(e) => Err(e.into()),
         }
     }
