@@ -2,6 +2,9 @@
 //! on conditions with bounds (never on luck).
 
 pub mod cluster;
+pub mod model_server;
+
+pub use model_server::{ModelServer, Seen};
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -4,161 +4,17 @@
 //! gets, so "refused before anything was sent" is checked against what really arrived. The
 //! bundled local target serves a real model on a real MLServer beside all of it.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mlgw::api::pb;
 use mlgw_tests::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tonic::Code;
 use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mlgw-under-test");
-
-/// One request as the model server received it.
-#[derive(Debug, Clone)]
-struct Seen {
-    path: String,
-    /// Names lowercased.
-    headers: Vec<(String, String)>,
-}
-
-/// A minimal OIP V2 model server on 127.0.0.1. `/v2/models/{m}/ready` answers 200;
-/// `/v2/models/{m}/infer` answers an inference response, except for these models:
-/// `redirect` (307 to `/v2/models/elsewhere/infer` on this server), `endless` (a chunked
-/// body that goes on for 64 MiB) and `big` (a 1 MiB body with its Content-Length).
-struct ModelServer {
-    port: u16,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl ModelServer {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let log = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
-                tokio::spawn(answer(conn, log.clone(), port));
-            }
-        });
-        Self { port, seen }
-    }
-
-    fn requests(&self, marker: &str) -> Vec<Seen> {
-        let seen = self.seen.lock().unwrap();
-        seen.iter()
-            .filter(|s| s.path.contains(marker))
-            .cloned()
-            .collect()
-    }
-
-    fn all_paths(&self) -> Vec<String> {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|s| s.path.clone())
-            .collect()
-    }
-}
-
-/// Answers one request on `conn`, then closes it.
-async fn answer(mut conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, port: u16) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        match conn.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-        if buf.len() > 1 << 16 {
-            return;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let path = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .unwrap_or_default()
-        .to_string();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let length: usize = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = buf[head_end + 4..].to_vec();
-    while body.len() < length {
-        match conn.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-        }
-    }
-    seen.lock().unwrap().push(Seen {
-        path: path.clone(),
-        headers,
-    });
-
-    let model = path
-        .strip_prefix("/v2/models/")
-        .and_then(|rest| rest.split_once('/'))
-        .filter(|(m, _)| !m.is_empty());
-    let reply = |status: &str, extra: &str, body: &str| {
-        format!(
-            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-             connection: close\r\n{extra}\r\n{body}",
-            body.len()
-        )
-    };
-    let response = match model {
-        Some((_, "ready")) => reply("200 OK", "", "{}"),
-        Some(("redirect", "infer")) => reply(
-            "307 Temporary Redirect",
-            &format!("location: http://127.0.0.1:{port}/v2/models/elsewhere/infer\r\n"),
-            "{}",
-        ),
-        Some(("endless", "infer")) => {
-            let _ = conn
-                .write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
-                      transfer-encoding: chunked\r\nconnection: close\r\n\r\n",
-                )
-                .await;
-            let piece = format!("10000\r\n{}\r\n", " ".repeat(0x10000));
-            for _ in 0..1024 {
-                if conn.write_all(piece.as_bytes()).await.is_err() {
-                    return;
-                }
-            }
-            let _ = conn.write_all(b"0\r\n\r\n").await;
-            return;
-        }
-        Some(("big", "infer")) => reply("200 OK", "", &" ".repeat(1 << 20)),
-        Some((m, "infer")) => reply(
-            "200 OK",
-            "",
-            &json!({
-                "model_name": m,
-                "outputs": [{"name": "echo", "shape": [1], "datatype": "INT64", "data": [7]}]
-            })
-            .to_string(),
-        ),
-        _ => reply("404 Not Found", "", r#"{"error": "no such path"}"#),
-    };
-    let _ = conn.write_all(response.as_bytes()).await;
-    let _ = conn.shutdown().await;
-}
 
 /// Targets of the hostile fixture, each with its own policy, and the bundled local target
 /// on its defaults (loopback only).

@@ -123,27 +123,27 @@ async fn each_misbehaviour_ends_in_its_own_status_while_others_are_served() {
 #[tokio::test]
 async fn unsupported_features_are_refused_before_the_plugin_is_called() {
     let (_d, gw) = gateway().await;
-    // The hostile fixture serves but has no traffic splitting. Its validate-endpoint would
-    // refuse this model_uri (not a route) with INVALID_ARGUMENT, so UNIMPLEMENTED also shows
-    // the plugin was never asked.
-    let err = gw
-        .serving()
-        .await
-        .deploy(pb::DeployRequest {
-            target: "hostile".into(),
-            spec: Some(pb::EndpointSpec {
-                name: "m".into(),
-                model_uri: "file:///m".into(),
-                model_format: "sklearn".into(),
-                canary_percent: Some(10),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+    let mut c = gw.training().await;
+    // The hostile fixture cannot stop a job. Its job reached the backend (a backend ref), so
+    // cancelling needs the plugin, and the gateway refuses before asking it.
+    let j = submit(&mut c, "hostile", named("behaves")).await.unwrap();
+    assert_eq!(j.backend_ref, "ok");
+    let err = c
+        .cancel(pb::CancelJobRequest { id: j.id.clone() })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented, "{}", err.message());
-    assert!(err.message().contains("canary"), "{}", err.message());
+    assert!(
+        err.message().contains("training-cancel"),
+        "{}",
+        err.message()
+    );
+    let after = c
+        .get(pb::GetJobRequest { id: j.id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!after.cancel_requested, "nothing was recorded");
 }
 
 #[tokio::test]

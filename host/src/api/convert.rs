@@ -191,6 +191,7 @@ pub fn endpoint_state_to(s: EndpointState) -> pb::EndpointState {
         EndpointState::Creating => pb::EndpointState::Creating,
         EndpointState::Ready => pb::EndpointState::Ready,
         EndpointState::Updating => pb::EndpointState::Updating,
+        EndpointState::Degraded => pb::EndpointState::Degraded,
         EndpointState::Failed => pb::EndpointState::Failed,
         EndpointState::Deleted => pb::EndpointState::Deleted,
     }
@@ -206,6 +207,7 @@ pub fn endpoint_state_from(v: i32) -> Result<Option<EndpointState>, GatewayError
         pb::EndpointState::Creating => Some(EndpointState::Creating),
         pb::EndpointState::Ready => Some(EndpointState::Ready),
         pb::EndpointState::Updating => Some(EndpointState::Updating),
+        pb::EndpointState::Degraded => Some(EndpointState::Degraded),
         pb::EndpointState::Failed => Some(EndpointState::Failed),
         pb::EndpointState::Deleted => Some(EndpointState::Deleted),
     })

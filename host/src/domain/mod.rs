@@ -165,6 +165,9 @@ pub enum EndpointState {
     Creating,
     Ready,
     Updating,
+    /// It was ready, and its model server has stopped answering ready for a while; it still
+    /// takes predictions, and turns `Failed` if that lasts.
+    Degraded,
     Failed,
     Deleted,
 }
@@ -175,6 +178,7 @@ impl EndpointState {
             Self::Creating => "creating",
             Self::Ready => "ready",
             Self::Updating => "updating",
+            Self::Degraded => "degraded",
             Self::Failed => "failed",
             Self::Deleted => "deleted",
         }
@@ -195,9 +199,20 @@ pub struct Endpoint {
     pub created_at: Millis,
     pub updated_at: Millis,
     pub sequence: u64,
+    /// Since when its readiness probe has failed without a pass, while it was serving.
+    #[serde(default)]
+    pub degraded_since: Option<Millis>,
 }
 
 impl Endpoint {
+    /// Whether predictions are sent to it: it serves, perhaps while rolling or shaky.
+    pub fn serves(&self) -> bool {
+        matches!(
+            self.state,
+            EndpointState::Ready | EndpointState::Updating | EndpointState::Degraded
+        )
+    }
+
     pub fn transition(&mut self, state: EndpointState, message: String, now: Millis) -> bool {
         if self.state == state && self.message == message {
             return false;

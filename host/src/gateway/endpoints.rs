@@ -2,13 +2,14 @@
 
 use std::sync::Arc;
 
-use super::{DEFAULT_TENANT, Gateway};
+use super::jobs::is_transient;
+use super::{DEFAULT_TENANT, Gateway, Start};
 use crate::dataplane::{CheckedRoute, DataPlaneError, InferRequest, InferResponse};
 use crate::domain::{
     Endpoint, EndpointSpec, EndpointState, Feature, now_ms, validate_endpoint_spec,
 };
 use crate::error::{GatewayError, Result};
-use crate::runtime::{BackendFailure, PluginError};
+use crate::runtime::{BackendFailure, PluginError, Target};
 use crate::store::{Inserted, new_id};
 
 #[derive(Default)]
@@ -56,25 +57,63 @@ impl Gateway {
             created_at: now,
             updated_at: now,
             sequence: 1,
+            degraded_since: None,
         };
         let ep = match self.store.insert_endpoint(ep, idempotency_key.as_deref())? {
             Inserted::Existing(e) => return Ok(e),
             Inserted::Created(e) => e,
         };
+        // Durable before anything runs: a crash from here on is recovered by the reconciler.
         self.store.flush().await?;
-        match self.runtime.deploy_endpoint(&t, &ep.id, &ep.spec).await {
-            Ok(r) => Ok(self.store.update_endpoint(&ep.id, |e| {
-                e.backend_state = format!("deployed as {}", r.name);
-                e.backend_ref = Some(r.clone());
-                false
-            })?),
+        Ok(self.start_endpoint(&t, &ep).await?.record())
+    }
+
+    /// Hands a recorded endpoint to its backend, like `start_job`: a transient failure leaves
+    /// it `creating` for the reconciler to retry under the same backend name (which adopts
+    /// what an interrupted earlier deploy created); any other failure fails it.
+    pub(crate) async fn start_endpoint(
+        &self,
+        t: &Target,
+        ep: &Endpoint,
+    ) -> Result<Start<Endpoint>> {
+        let Some(_claim) = self.claim_start(&ep.id) else {
+            return Ok(Start::Done(self.store.endpoint(&ep.id)?));
+        };
+        let ep = self.store.endpoint(&ep.id)?;
+        if ep.backend_ref.is_some() || ep.state != EndpointState::Creating {
+            return Ok(Start::Done(ep));
+        }
+        match self.runtime.deploy_endpoint(t, &ep.id, &ep.spec).await {
+            Ok(r) => {
+                let ep = self.store.update_endpoint(&ep.id, |e| {
+                    e.backend_state = format!("deployed as {}", r.name);
+                    e.backend_ref = Some(r.clone());
+                    false
+                })?;
+                // Deleted while it was being deployed: remove what was just created.
+                if ep.state == EndpointState::Deleted
+                    && let Err(e) = self.runtime.delete_endpoint(t, &ep.id, &r).await
+                {
+                    tracing::warn!(endpoint = %ep.id, "deleting an endpoint deleted while it deployed: {e}");
+                }
+                Ok(Start::Done(ep))
+            }
+            Err(e) if is_transient(&e) => {
+                let msg = format!("waiting for the target: {e}");
+                let ep = self.store.update_endpoint(&ep.id, |x| {
+                    x.state == EndpointState::Creating
+                        && x.transition(EndpointState::Creating, msg.clone(), now_ms())
+                })?;
+                Ok(Start::Waiting(ep, e))
+            }
             Err(err) => {
                 self.store.update_endpoint(&ep.id, |e| {
-                    e.transition(
-                        EndpointState::Failed,
-                        format!("deploy failed: {err}"),
-                        now_ms(),
-                    )
+                    e.state != EndpointState::Deleted
+                        && e.transition(
+                            EndpointState::Failed,
+                            format!("deploy failed: {err}"),
+                            now_ms(),
+                        )
                 })?;
                 Err(err.into())
             }
@@ -145,11 +184,19 @@ impl Gateway {
         if changes.max_replicas > 0 {
             spec.max_replicas = changes.max_replicas;
         }
-        spec.canary_percent = changes.canary_percent;
+        // Unset keeps the current split, as for every other field; 100 is a full rollout.
+        match changes.canary_percent {
+            Some(100) => spec.canary_percent = None,
+            Some(p) => spec.canary_percent = Some(p),
+            None => {}
+        }
         normalise(&mut spec);
         validate_endpoint_spec(&spec)?;
         let t = self.resolve_target(&ep.target)?;
         t.require(Feature::ServingUpdate)?;
+        if spec.canary_percent.is_some() {
+            t.require(Feature::Canary)?;
+        }
         self.runtime.validate_endpoint(&t, &ep.id, &spec).await?;
         let Some(r) = ep.backend_ref.clone() else {
             return Err(GatewayError::FailedPrecondition(format!(
@@ -192,7 +239,7 @@ impl Gateway {
 
     pub async fn predict(&self, id_or_name: &str, req: InferRequest) -> Result<InferResponse> {
         let ep = self.get_endpoint(id_or_name)?;
-        if !matches!(ep.state, EndpointState::Ready | EndpointState::Updating) {
+        if !ep.serves() {
             return Err(GatewayError::FailedPrecondition(format!(
                 "endpoint {} is {}{}",
                 ep.spec.name,
@@ -234,7 +281,14 @@ impl Gateway {
     pub(crate) async fn reconcile_endpoint(&self, ep: &Endpoint) -> Result<()> {
         let t = self.resolve_target(&ep.target)?;
         let Some(r) = &ep.backend_ref else {
-            return Ok(());
+            if ep.state != EndpointState::Creating {
+                return Ok(());
+            }
+            // Recorded but never handed over (a crash, or the target was unavailable).
+            return match self.start_endpoint(&t, ep).await? {
+                Start::Done(_) => Ok(()),
+                Start::Waiting(_, e) => Err(e.into()),
+            };
         };
         let obs = match self.runtime.endpoint_status(&t, &ep.id, r).await {
             Ok(o) => o,
@@ -256,6 +310,7 @@ impl Gateway {
         let mut state = obs.state;
         let mut message = obs.message.clone();
         let mut url = None;
+        let mut degraded_since = None;
         if state == EndpointState::Ready {
             let probe = match self.route(ep).await {
                 Ok(route) => self
@@ -270,13 +325,39 @@ impl Gateway {
             match probe {
                 Ok(u) => url = Some(u),
                 Err(why) => {
-                    state = match ep.state {
-                        // It was serving and stopped answering: say so rather than pretend.
-                        EndpointState::Ready => EndpointState::Failed,
-                        EndpointState::Updating => EndpointState::Updating,
-                        _ => EndpointState::Creating,
+                    let now = now_ms();
+                    (state, message) = match ep.state {
+                        // It was serving: a blip is not a failure. Degraded while it lasts,
+                        // failed once it has lasted.
+                        EndpointState::Ready | EndpointState::Degraded => {
+                            let since = ep.degraded_since.unwrap_or(now);
+                            degraded_since = Some(since);
+                            let limit = self.runtime.limits().endpoint_failure_after_ms;
+                            let lasted = now.saturating_sub(since);
+                            if lasted >= limit {
+                                (
+                                    EndpointState::Failed,
+                                    format!(
+                                        "the model server has not been ready for {} s: {why}",
+                                        lasted / 1000
+                                    ),
+                                )
+                            } else {
+                                (
+                                    EndpointState::Degraded,
+                                    format!("the model server's readiness probe failed: {why}"),
+                                )
+                            }
+                        }
+                        EndpointState::Updating => (
+                            EndpointState::Updating,
+                            format!("waiting for the model server: {why}"),
+                        ),
+                        _ => (
+                            EndpointState::Creating,
+                            format!("waiting for the model server: {why}"),
+                        ),
                     };
-                    message = format!("waiting for the model server: {why}");
                 }
             }
         }
@@ -296,6 +377,7 @@ impl Gateway {
             if url.is_some() {
                 e.url = url.clone();
             }
+            e.degraded_since = degraded_since;
             e.transition(state, message.clone(), now_ms())
         })?;
         Ok(())

@@ -4,7 +4,7 @@ use std::pin::Pin;
 
 use futures::Stream;
 
-use super::{DEFAULT_TENANT, Gateway};
+use super::{DEFAULT_TENANT, Gateway, Start};
 use crate::domain::{
     Feature, Job, JobState, LogLine, TrainingSpec, now_ms, validate_training_spec,
 };
@@ -30,7 +30,7 @@ pub struct JobFilter {
     pub state: Option<JobState>,
 }
 
-fn is_transient(e: &PluginError) -> bool {
+pub(super) fn is_transient(e: &PluginError) -> bool {
     matches!(
         e,
         PluginError::Backend {
@@ -77,35 +77,47 @@ impl Gateway {
         };
         // Durable before anything runs: a crash from here on is recovered by the reconciler.
         self.store.flush().await?;
-        self.start_job(&t, &job).await
+        Ok(self.start_job(&t, &job).await?.record())
     }
 
     /// Hands a recorded job to its backend. A transient failure leaves it pending for the
     /// reconciler to retry under the same backend name; any other failure ends it.
-    pub(crate) async fn start_job(&self, t: &Target, job: &Job) -> Result<Job> {
+    pub(crate) async fn start_job(&self, t: &Target, job: &Job) -> Result<Start<Job>> {
         let Some(_claim) = self.claim_start(&job.id) else {
             // Another task is handing this job over right now; it records the outcome.
-            return Ok(self.store.job(&job.id)?);
+            return Ok(Start::Done(self.store.job(&job.id)?));
         };
         // The caller's copy may predate a start that finished meanwhile.
         let job = self.store.job(&job.id)?;
         if job.backend_ref.is_some() || job.state.is_terminal() {
-            return Ok(job);
+            return Ok(Start::Done(job));
         }
         match self.runtime.submit_training(t, &job.id, &job.spec).await {
-            Ok(r) => Ok(self.store.update_job(&job.id, |j| {
-                j.backend_state = format!("submitted as {}", r.name);
-                j.backend_ref = Some(r.clone());
-                false
-            })?),
-            Err(e) if is_transient(&e) => Ok(self.store.update_job(&job.id, |j| {
-                let msg = format!("waiting for the target: {e}");
-                let changed = j.message != msg;
-                if changed {
-                    j.transition(JobState::Pending, msg, now_ms());
+            Ok(r) => {
+                let job = self.store.update_job(&job.id, |j| {
+                    j.backend_state = format!("submitted as {}", r.name);
+                    j.backend_ref = Some(r.clone());
+                    false
+                })?;
+                // Cancelled while it was being handed over: stop what just started.
+                if job.cancel_requested
+                    && let Err(e) = self.runtime.cancel_training(t, &job.id, &r).await
+                {
+                    tracing::warn!(job = %job.id, "cancelling a job cancelled while it started: {e}");
                 }
-                changed
-            })?),
+                Ok(Start::Done(job))
+            }
+            Err(e) if is_transient(&e) => {
+                let job = self.store.update_job(&job.id, |j| {
+                    let msg = format!("waiting for the target: {e}");
+                    let changed = j.message != msg;
+                    if changed {
+                        j.transition(JobState::Pending, msg, now_ms());
+                    }
+                    changed
+                })?;
+                Ok(Start::Waiting(job, e))
+            }
             Err(e) => {
                 self.store.update_job(&job.id, |j| {
                     j.transition(JobState::Failed, format!("submit failed: {e}"), now_ms());
@@ -289,8 +301,12 @@ impl Gateway {
                 })?;
                 return Ok(());
             }
-            self.start_job(&t, job).await?;
-            return Ok(());
+            // Still waiting: an error, so the reconciler backs off instead of asking the
+            // target again every tick.
+            return match self.start_job(&t, job).await? {
+                Start::Done(_) => Ok(()),
+                Start::Waiting(_, e) => Err(e.into()),
+            };
         };
         match self.runtime.training_status(&t, &job.id, r).await {
             Ok(obs) => {

@@ -25,14 +25,31 @@ pub struct Gateway {
     pub dataplane: DataPlane,
     /// How often follow-mode log streams poll a backend that has nothing new.
     pub log_poll: std::time::Duration,
-    /// Jobs whose submission to their backend is in flight. The reconciler retries pending
-    /// jobs without a backend ref; without this it would submit a job a second time while
-    /// Submit is still handing it over, and two submits racing in one backend can both
-    /// start it.
+    /// Jobs and endpoints whose hand-over to their backend is in flight. The reconciler
+    /// retries records without a backend ref; without this it would submit a job (or deploy an
+    /// endpoint) a second time while Submit is still handing it over, and two creates racing
+    /// in one backend can both start it.
     starting: Mutex<HashSet<String>>,
 }
 
-/// Holds a job's place in `Gateway::starting` until dropped.
+/// What handing a record to its backend came to.
+pub(crate) enum Start<T> {
+    /// It reached its backend, or it had already (or ended meanwhile).
+    Done(T),
+    /// The backend could not take it yet (`unavailable`); the record says so and the
+    /// reconciler retries it, backing off.
+    Waiting(T, crate::runtime::PluginError),
+}
+
+impl<T> Start<T> {
+    pub(crate) fn record(self) -> T {
+        match self {
+            Self::Done(r) | Self::Waiting(r, _) => r,
+        }
+    }
+}
+
+/// Holds a record's place in `Gateway::starting` until dropped.
 struct Starting<'g> {
     set: &'g Mutex<HashSet<String>>,
     id: String,
@@ -63,7 +80,7 @@ impl Gateway {
         }
     }
 
-    /// Claims the start of a job; None while another task is starting it.
+    /// Claims the start of a job or endpoint; None while another task is starting it.
     fn claim_start(&self, id: &str) -> Option<Starting<'_>> {
         let mut set = self.starting.lock().unwrap_or_else(|e| e.into_inner());
         set.insert(id.to_string()).then(|| Starting {

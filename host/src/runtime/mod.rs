@@ -103,6 +103,9 @@ pub struct Target {
     pub settings: String,
     pub grants: Vec<String>,
     pub caps: Capabilities,
+    /// This target's share of plugin calls: a slow or hostile target waits on itself, never
+    /// holding every instance slot the other targets need.
+    calls: Semaphore,
 }
 
 impl Target {
@@ -139,7 +142,7 @@ struct Call<'r> {
     deadline: Instant,
     target: &'r Target,
     limits: &'r Limits,
-    _permit: SemaphorePermit<'r>,
+    _permits: (SemaphorePermit<'r>, SemaphorePermit<'r>),
 }
 
 /// Bytes of each memory and table slot kept resident between calls (see `engine`).
@@ -268,6 +271,7 @@ impl Runtime {
                         process,
                         kube,
                     },
+                    calls: Semaphore::new(config.limits.target_concurrent_calls as usize),
                 }),
             );
         }
@@ -307,6 +311,7 @@ impl Runtime {
             }),
             settings: "{}".into(),
             grants: vec![],
+            calls: Semaphore::new(1),
         };
         let mut call = self.start(&probe, "").await?;
         let res = tokio::time::timeout(
@@ -337,6 +342,10 @@ impl Runtime {
         &self.engine
     }
 
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     pub fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
         self.targets.values()
     }
@@ -356,12 +365,19 @@ impl Runtime {
         resource_id: &str,
     ) -> Result<Call<'r>, PluginError> {
         let deadline = Instant::now() + Duration::from_millis(self.limits.call_timeout_ms);
-        let permit = tokio::time::timeout_at(deadline.into(), self.permits.acquire())
+        let exceeded = || PluginError::Deadline {
+            target: target.name.clone(),
+            limit_ms: self.limits.call_timeout_ms,
+        };
+        // The target's own permit first: while its share is used up, its calls queue without
+        // taking an instance slot from anyone else.
+        let own = tokio::time::timeout_at(deadline.into(), target.calls.acquire())
             .await
-            .map_err(|_| PluginError::Deadline {
-                target: target.name.clone(),
-                limit_ms: self.limits.call_timeout_ms,
-            })?
+            .map_err(|_| exceeded())?
+            .expect("a target's semaphore is never closed");
+        let slot = tokio::time::timeout_at(deadline.into(), self.permits.acquire())
+            .await
+            .map_err(|_| exceeded())?
             .expect("the permit semaphore is never closed");
         let state = HostState::new(
             &target.label,
@@ -404,7 +420,7 @@ impl Runtime {
             deadline,
             target,
             limits: &self.limits,
-            _permit: permit,
+            _permits: (own, slot),
         })
     }
 }

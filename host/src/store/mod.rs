@@ -224,9 +224,14 @@ impl Store {
         Ok((out, None))
     }
 
-    pub fn live_jobs(&self) -> Result<Vec<Job>> {
+    /// One target's jobs that have not ended.
+    pub fn live_jobs_of(&self, target: &str) -> Result<Vec<Job>> {
         Ok(self
-            .list_jobs(|j| !j.state.is_terminal(), None, usize::MAX)?
+            .list_jobs(
+                |j| j.target == target && !j.state.is_terminal(),
+                None,
+                usize::MAX,
+            )?
             .0)
     }
 
@@ -362,9 +367,14 @@ impl Store {
         Ok((out, None))
     }
 
-    pub fn live_endpoints(&self) -> Result<Vec<Endpoint>> {
+    /// One target's endpoints that are not deleted.
+    pub fn live_endpoints_of(&self, target: &str) -> Result<Vec<Endpoint>> {
         Ok(self
-            .list_endpoints(|e| e.state != EndpointState::Deleted, None, usize::MAX)?
+            .list_endpoints(
+                |e| e.target == target && e.state != EndpointState::Deleted,
+                None,
+                usize::MAX,
+            )?
             .0)
     }
 }

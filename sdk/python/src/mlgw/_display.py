@@ -14,6 +14,7 @@ _COLOURS = {
     "running": "#0b5cad",
     "succeeded": "#1a7f37",
     "ready": "#1a7f37",
+    "degraded": "#bc4c00",
     "failed": "#cf222e",
     "cancelled": "#6e7781",
     "deleted": "#6e7781",

@@ -20,12 +20,14 @@ if TYPE_CHECKING:
 
 __all__ = ["Endpoint", "EndpointList", "EndpointState"]
 
-EndpointState = Literal["creating", "ready", "updating", "failed", "deleted", "unknown"]
+EndpointState = Literal["creating", "ready", "updating", "degraded", "failed", "deleted", "unknown"]
 
 STATES: dict[int, EndpointState] = {
     serving_pb2.ENDPOINT_STATE_CREATING: "creating",
     serving_pb2.ENDPOINT_STATE_READY: "ready",
     serving_pb2.ENDPOINT_STATE_UPDATING: "updating",
+    # Was ready; its model server failed readiness probes since. Still takes predictions.
+    serving_pb2.ENDPOINT_STATE_DEGRADED: "degraded",
     serving_pb2.ENDPOINT_STATE_FAILED: "failed",
     serving_pb2.ENDPOINT_STATE_DELETED: "deleted",
 }
@@ -225,8 +227,9 @@ class Endpoint:
         """Rolls the endpoint to a new model, scale or canary split; it keeps serving while
         the rollout runs (state ``updating``; :meth:`wait_ready` waits for it).
 
-        Arguments left ``None`` keep their current value. ``canary_percent`` sends that share
-        of traffic to the new revision; without it the update is a full rollout."""
+        Arguments left ``None`` keep their current value, ``canary_percent`` included (no
+        canary stays none: a full rollout). ``canary_percent`` sends that share of traffic to
+        the new revision; ``100`` promotes it to all traffic, ending the canary."""
         spec = serving_pb2.EndpointSpec(
             model_uri=model_uri or "",
             model_format=model_format or "",

@@ -19,12 +19,14 @@ class EndpointState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENDPOINT_STATE_UPDATING: _ClassVar[EndpointState]
     ENDPOINT_STATE_FAILED: _ClassVar[EndpointState]
     ENDPOINT_STATE_DELETED: _ClassVar[EndpointState]
+    ENDPOINT_STATE_DEGRADED: _ClassVar[EndpointState]
 ENDPOINT_STATE_UNSPECIFIED: EndpointState
 ENDPOINT_STATE_CREATING: EndpointState
 ENDPOINT_STATE_READY: EndpointState
 ENDPOINT_STATE_UPDATING: EndpointState
 ENDPOINT_STATE_FAILED: EndpointState
 ENDPOINT_STATE_DELETED: EndpointState
+ENDPOINT_STATE_DEGRADED: EndpointState
 
 class EndpointSpec(_message.Message):
     __slots__ = ("name", "model_uri", "model_format", "runtime", "image", "resources", "min_replicas", "max_replicas", "canary_percent")
