@@ -153,6 +153,8 @@ async fn a_pytorchjob_runs_through_the_operator_to_success() {
             "Pod",
             "",
             &format!("training.kubeflow.org/job-name={name}"),
+            0,
+            "",
         )
         .await
         .expect("list pods by label"),
