@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use mlgw::capabilities::kube::KubeCapability;
 use mlgw::config::KubeGrant;
 use mlgw::contract::mlgw::backend::kube::{LogRequest, ObjectRef, Propagation};
@@ -153,6 +153,8 @@ async fn a_pytorchjob_runs_through_the_operator_to_success() {
             "Pod",
             "",
             &format!("training.kubeflow.org/job-name={name}"),
+            0,
+            "",
         )
         .await
         .expect("list pods by label"),
@@ -321,4 +323,228 @@ async fn rbac_without_create_is_permission_denied() {
         k.get(&missing).await,
         Err(BackendError::NotFound(_))
     ));
+}
+
+/// A limit small enough that a handful of ConfigMaps pass it.
+const SMALL_LIMIT: usize = 16 << 10;
+
+/// ConfigMaps granted, through the admin's credentials: the gateway's Role has no ConfigMaps,
+/// and these tests are about how much of a response is read, not about RBAC.
+async fn configmap_capability(admin: &Path) -> KubeCapability {
+    let mut g = grant(admin);
+    g.kinds.push("v1/ConfigMap".into());
+    KubeCapability::connect("k8s", &g)
+        .await
+        .expect("connect")
+        .with_max_document(SMALL_LIMIT)
+}
+
+/// Test ConfigMaps in team-a, labelled with one run so a reused cluster's others never count.
+struct ConfigMaps {
+    api: Api<ConfigMap>,
+    run: String,
+}
+
+impl ConfigMaps {
+    async fn new(admin: &Path, prefix: &str) -> Self {
+        Self {
+            api: Api::namespaced(client(admin).await, TEAM),
+            run: unique(prefix),
+        }
+    }
+
+    fn selector(&self) -> String {
+        format!("mlgw.dev/run={}", self.run)
+    }
+
+    async fn create(&self, name: &str, bytes: usize) -> ConfigMap {
+        let cm: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"mlgw.dev/run": self.run}},
+            "data": {"payload": "x".repeat(bytes)},
+        }))
+        .unwrap();
+        self.api
+            .create(&PostParams::default(), &cm)
+            .await
+            .expect("create ConfigMap")
+    }
+
+    async fn remove(self) {
+        let lp = ListParams::default().labels(&self.selector());
+        self.api
+            .delete_collection(&DeleteParams::default(), &lp)
+            .await
+            .expect("delete test ConfigMaps");
+    }
+}
+
+fn configmap_ref(name: &str) -> ObjectRef {
+    ObjectRef {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        namespace: String::new(),
+        name: name.into(),
+    }
+}
+
+#[tokio::test]
+async fn a_list_past_the_limit_is_refused_and_pages_return_every_object_once() {
+    let c = cluster();
+    let cms = ConfigMaps::new(&c.admin, "page").await;
+    let mut want = Vec::new();
+    for i in 0..12 {
+        let name = format!("{}-{i:02}", cms.run);
+        cms.create(&name, 2 << 10).await;
+        want.push(name);
+    }
+    let k = configmap_capability(&c.admin).await;
+    let selector = cms.selector();
+
+    // All twelve (about 28 KiB) in one page pass the limit: refused, not truncated.
+    match k.list("v1", "ConfigMap", "", &selector, 0, "").await {
+        Err(BackendError::InvalidSpec(f)) => {
+            assert_eq!(f.field, "limit");
+            assert!(
+                f.reason.contains(&format!("{SMALL_LIMIT}-byte limit")),
+                "{}",
+                f.reason
+            );
+        }
+        other => panic!("expected invalid-spec, got {other:?}"),
+    }
+
+    // Pages of five fit; following metadata.continue reaches each object exactly once.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page: Value = serde_json::from_str(
+            &k.list("v1", "ConfigMap", "", &selector, 5, &token)
+                .await
+                .expect("a page of five"),
+        )
+        .unwrap();
+        pages += 1;
+        assert_eq!(page["kind"], "ConfigMapList");
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|cm| cm["metadata"]["name"].as_str().unwrap().to_string()),
+        );
+        token = page["metadata"]["continue"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if token.is_empty() {
+            break;
+        }
+        assert!(pages < 5, "the continue tokens never ran out: {seen:?}");
+    }
+    assert_eq!(pages, 3);
+    seen.sort();
+    assert_eq!(seen, want);
+
+    // Arguments the server cannot read come back naming the argument.
+    for (selector, token, field) in [
+        (selector.as_str(), "not-a-token", "continue-token"),
+        ("a===b", "", "label-selector"),
+    ] {
+        match k.list("v1", "ConfigMap", "", selector, 5, token).await {
+            Err(BackendError::InvalidSpec(f)) => assert_eq!(f.field, field, "{}", f.reason),
+            other => panic!("expected invalid-spec on {field}, got {other:?}"),
+        }
+    }
+
+    cms.remove().await;
+}
+
+#[tokio::test]
+async fn an_object_past_the_limit_is_refused_and_one_within_it_comes_as_the_server_sent_it() {
+    let c = cluster();
+    let cms = ConfigMaps::new(&c.admin, "big").await;
+    let big = format!("{}-big", cms.run);
+    let small = format!("{}-small", cms.run);
+    cms.create(&big, 20 << 10).await;
+    cms.create(&small, 1 << 10).await;
+    let k = configmap_capability(&c.admin).await;
+    let over_limit = |r: Result<_, BackendError>, what: &str| match r {
+        Err(BackendError::Internal(m)) => {
+            assert!(
+                m.contains(&format!("{SMALL_LIMIT}-byte limit")),
+                "{what}: {m}"
+            )
+        }
+        other => panic!("{what}: expected internal, got {other:?}"),
+    };
+
+    over_limit(k.get(&configmap_ref(&big)).await.map(drop), "get");
+    // Its one ADDED event can never fit in a watch answer either.
+    over_limit(
+        k.watch(&configmap_ref(&big), "", 5).await.map(drop),
+        "watch",
+    );
+
+    // Byte for byte what the API server answers, not a re-serialisation of it.
+    let got = k.get(&configmap_ref(&small)).await.expect("get");
+    let raw = client(&c.admin)
+        .await
+        .request_text(
+            kube::core::Request::new(format!("/api/v1/namespaces/{TEAM}/configmaps"))
+                .get(&small, &Default::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got, raw);
+
+    cms.remove().await;
+}
+
+#[tokio::test]
+async fn a_watch_returns_the_events_that_fit_and_resumes_after_them() {
+    let c = cluster();
+    let cms = ConfigMaps::new(&c.admin, "watched").await;
+    let name = format!("{}-cm", cms.run);
+    let created = cms.create(&name, 5 << 10).await;
+    // Six changes, each event about 5 KiB: more than fit in one answer of 16 KiB.
+    let mut want = Vec::new();
+    for i in 0..6 {
+        let patch = json!({"data": {"n": i.to_string()}});
+        let changed = cms
+            .api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch");
+        want.push(changed.metadata.resource_version.unwrap());
+    }
+    let k = configmap_capability(&c.admin).await;
+    let r = configmap_ref(&name);
+
+    let mut rv = created.metadata.resource_version.unwrap();
+    let mut seen = Vec::new();
+    let mut answers = 0;
+    while seen.len() < want.len() {
+        answers += 1;
+        assert!(answers <= want.len(), "watch never caught up: {seen:?}");
+        let events = k.watch(&r, &rv, 5).await.expect("watch");
+        assert!(!events.is_empty(), "the changes were already there");
+        let bytes: usize = events.iter().map(|e| e.object.len()).sum();
+        assert!(
+            bytes <= SMALL_LIMIT,
+            "{} events of {bytes} bytes",
+            events.len()
+        );
+        for ev in events {
+            assert_eq!(ev.event_type, "MODIFIED");
+            let obj: Value = serde_json::from_str(&ev.object).unwrap();
+            rv = obj["metadata"]["resourceVersion"].as_str().unwrap().into();
+            seen.push(rv.clone());
+        }
+    }
+    assert!(answers > 1, "all six changes fit in one answer");
+    assert_eq!(seen, want);
+
+    cms.remove().await;
 }
