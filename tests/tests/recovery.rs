@@ -305,3 +305,43 @@ async fn an_update_without_a_canary_percent_keeps_the_current_one() {
         .into_inner();
     assert_eq!(canary(&u), None, "100 is a full rollout");
 }
+
+#[tokio::test]
+async fn a_cancel_outlives_a_restart_within_the_grace_period() {
+    let (_d, mut gw) = gateway("reconcile_interval_ms = 200").await;
+    let mut c = gw.training().await;
+    // A job that ignores SIGTERM: only the SIGKILL after the grace period stops it.
+    let j = submit(
+        &mut c,
+        "local",
+        spec(&["/bin/sh", "-c", "trap '' TERM; sleep 600"]),
+    )
+    .await
+    .unwrap();
+    let pid: u32 = wait_for(Duration::from_secs(30), "the job to run", || {
+        let mut c = c.clone();
+        let id = j.id.clone();
+        async move {
+            let j = c.get(pb::GetJobRequest { id }).await.ok()?.into_inner();
+            (state(&j) == pb::JobState::Running)
+                .then(|| j.backend_ref.strip_prefix("pid ")?.parse().ok())
+                .flatten()
+        }
+    })
+    .await;
+    c.cancel(pb::CancelJobRequest { id: j.id.clone() })
+        .await
+        .unwrap();
+    // Down before the grace period (5 s) ends: the SIGKILL it would have sent never is.
+    gw.crash().await;
+    gw.restart().await;
+    let mut c = gw.training().await;
+    let done = wait_job(&mut c, &j.id, Duration::from_secs(60)).await;
+    assert_eq!(state(&done), pb::JobState::Cancelled, "{}", done.message);
+    wait_for(
+        Duration::from_secs(10),
+        "the job's processes to end",
+        || async { process_gone(pid).then_some(()) },
+    )
+    .await;
+}

@@ -100,6 +100,9 @@ pub struct Job {
     pub updated_at: Millis,
     pub finished_at: Option<Millis>,
     pub cancel_requested: bool,
+    /// When the backend was last asked to stop it (cancels are asked again until they take).
+    #[serde(default)]
+    pub cancel_sent_at: Option<Millis>,
     /// Bumped on every state or message change; Watch events carry it.
     pub sequence: u64,
 }
@@ -342,6 +345,7 @@ mod tests {
             updated_at: 1,
             finished_at: None,
             cancel_requested: false,
+            cancel_sent_at: None,
             sequence: 1,
         }
     }

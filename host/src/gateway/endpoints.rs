@@ -206,13 +206,17 @@ impl Gateway {
         };
         let new_ref = self.runtime.update_endpoint(&t, &ep.id, &r, &spec).await?;
         self.dataplane.forget(&ep.id);
-        Ok(self.store.update_endpoint(&ep.id, |e| {
+        let ep = self.store.update_endpoint(&ep.id, |e| {
             e.spec = spec.clone();
             e.backend_ref = Some(new_ref.clone());
             e.url = None;
             e.transition(EndpointState::Updating, "rolling out".into(), now_ms());
             true
-        })?)
+        })?;
+        // The new revision's ref is the only way to reach (and stop) it: durable before the
+        // answer, like a new record.
+        self.store.flush().await?;
+        Ok(ep)
     }
 
     pub async fn delete_endpoint(&self, id_or_name: &str) -> Result<Endpoint> {
@@ -232,9 +236,11 @@ impl Gateway {
             }
         }
         self.dataplane.forget(&ep.id);
-        Ok(self.store.update_endpoint(&ep.id, |e| {
+        let ep = self.store.update_endpoint(&ep.id, |e| {
             e.transition(EndpointState::Deleted, String::new(), now_ms())
-        })?)
+        })?;
+        self.store.flush().await?;
+        Ok(ep)
     }
 
     pub async fn predict(&self, id_or_name: &str, req: InferRequest) -> Result<InferResponse> {

@@ -14,6 +14,9 @@ use crate::store::{Change, Inserted, new_id};
 
 /// Lines fetched from a backend per call.
 const LOG_PAGE: u32 = 500;
+/// How long a cancel may take before the backend is asked again: longer than any grace
+/// period a target gives a job to stop (the local target's is 5 s).
+const CANCEL_RESEND_MS: u64 = 15_000;
 
 pub type JobStream = Pin<Box<dyn Stream<Item = Result<Job>> + Send>>;
 pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogItem>> + Send>>;
@@ -69,6 +72,7 @@ impl Gateway {
             updated_at: now,
             finished_at: None,
             cancel_requested: false,
+            cancel_sent_at: None,
             sequence: 1,
         };
         let job = match self.store.insert_job(job, idempotency_key.as_deref())? {
@@ -173,8 +177,14 @@ impl Gateway {
         }
         let job = self.store.update_job(id, |j| {
             j.cancel_requested = true;
+            if j.backend_ref.is_some() {
+                j.cancel_sent_at = Some(now_ms());
+            }
             false
         })?;
+        // The user's intent is durable before anything acts on it: a gateway that crashes
+        // from here on still knows the job is to stop, and the reconciler sees to it.
+        self.store.flush().await?;
         match &job.backend_ref {
             // Never reached the backend: nothing to stop.
             None => Ok(self.store.update_job(id, |j| {
@@ -285,6 +295,34 @@ impl Gateway {
         }))
     }
 
+    /// A cancel is what the job should come to, not a one-off signal: the backend is asked
+    /// again while the job still runs. Stopping often escalates after a grace period inside
+    /// the gateway (SIGTERM, then SIGKILL); a gateway that restarted within it never sent the
+    /// second, and a job that ignores the first would run on.
+    async fn resend_cancel(
+        &self,
+        t: &Target,
+        job: &Job,
+        r: &crate::domain::BackendRef,
+    ) -> Result<()> {
+        let now = now_ms();
+        let due = job.cancel_requested
+            && !job.state.is_terminal()
+            && job
+                .cancel_sent_at
+                .is_none_or(|at| now.saturating_sub(at) >= CANCEL_RESEND_MS);
+        if !due || !t.supports(Feature::TrainingCancel) {
+            return Ok(());
+        }
+        tracing::info!(job = %job.id, "asking the target again to stop a cancelled job");
+        self.runtime.cancel_training(t, &job.id, r).await?;
+        self.store.update_job(&job.id, |j| {
+            j.cancel_sent_at = Some(now);
+            false
+        })?;
+        Ok(())
+    }
+
     /// One reconciliation step for a live job: submit it if it never reached its backend,
     /// otherwise fold in the backend's status.
     pub(crate) async fn reconcile_job(&self, job: &Job) -> Result<()> {
@@ -310,14 +348,14 @@ impl Gateway {
         };
         match self.runtime.training_status(&t, &job.id, r).await {
             Ok(obs) => {
-                self.store.update_job(&job.id, |j| {
+                let job = self.store.update_job(&job.id, |j| {
                     // A cancel or finish recorded meanwhile wins over a stale observation.
                     if j.state.is_terminal() {
                         return false;
                     }
                     j.observe(obs.clone(), now_ms())
                 })?;
-                Ok(())
+                self.resend_cancel(&t, &job, r).await
             }
             Err(PluginError::Backend {
                 failure: BackendFailure::NotFound(m),

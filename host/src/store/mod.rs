@@ -408,6 +408,7 @@ mod tests {
             updated_at: now_ms(),
             finished_at: None,
             cancel_requested: false,
+            cancel_sent_at: None,
             sequence: 1,
         }
     }

@@ -187,6 +187,7 @@ async fn main() {
         updated_at: now_ms(),
         finished_at: None,
         cancel_requested: false,
+        cancel_sent_at: None,
         sequence: 2,
     };
     gw.store.insert_job(job.clone(), None).unwrap();
