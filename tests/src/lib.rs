@@ -250,3 +250,87 @@ pub fn process_gone(pid: u32) -> bool {
 pub fn file_path(uri: &str) -> PathBuf {
     PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri))
 }
+
+/// Waits (bounded) until the endpoint's record satisfies `ok`.
+pub async fn wait_endpoint(
+    c: &ServingServiceClient<Channel>,
+    id: &str,
+    what: &str,
+    ok: impl Fn(&pb::Endpoint) -> bool,
+) -> pb::Endpoint {
+    wait_for(Duration::from_secs(120), what, || {
+        let mut c = c.clone();
+        let id = id.to_string();
+        let ok = &ok;
+        async move {
+            let e = c
+                .get(pb::GetEndpointRequest { id })
+                .await
+                .ok()?
+                .into_inner();
+            ok(&e).then_some(e)
+        }
+    })
+    .await
+}
+
+/// Runs `bin serve` with `args`, which must make it refuse to start: it must exit within a
+/// bound, unsuccessfully. Returns its exit code and stderr.
+pub async fn serve_refuses(bin: &str, args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let child = Command::new(bin)
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the gateway started serving instead of refusing")
+        .unwrap();
+    assert!(!out.status.success());
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A real scikit-learn model for the serving tests: a training script for the local target,
+/// rows to predict, and the model's own answer for them computed outside the gateway.
+pub mod iris {
+    pub const TRAIN: &str = r#"
+import os, joblib
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+X, y = load_iris(return_X_y=True)
+model = LogisticRegression(max_iter=500).fit(X, y)
+joblib.dump(model, os.path.join(os.environ["MLGW_OUTPUT_DIR"], "model.joblib"))
+print("accuracy", model.score(X, y))
+"#;
+
+    pub const ROWS: [[f64; 4]; 3] = [
+        [5.1, 3.5, 1.4, 0.2],
+        [6.7, 3.0, 5.2, 2.3],
+        [5.9, 3.0, 4.2, 1.5],
+    ];
+
+    /// What the model in `model_dir` answers for `ROWS`.
+    pub fn expected(model_dir: &std::path::Path) -> Vec<i64> {
+        let out = std::process::Command::new(super::python())
+            .arg("-c")
+            .arg(format!(
+                "import joblib, json; m = joblib.load('{}/model.joblib'); print(json.dumps(m.predict({:?}).tolist()))",
+                model_dir.display(),
+                ROWS
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}

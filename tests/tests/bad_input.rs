@@ -1136,25 +1136,19 @@ async fn a_zero_reconcile_interval_is_refused_at_startup() {
         "[limits]\nreconcile_interval_ms = 0\n[targets.local]\nplugin = \"local\"\n",
     )
     .unwrap();
-    let child = tokio::process::Command::new(BIN)
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("the gateway kept running with a zero reconcile interval")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let data = dir.path().join("data");
+    let (_, stderr) = serve_refuses(
+        BIN,
+        &[
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+        ],
+    )
+    .await;
     assert!(
         stderr.contains("limits.reconcile_interval_ms: must be positive"),
         "{stderr}"

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use mlgw::api::pb;
+use mlgw_tests::iris::{ROWS, TRAIN, expected};
 use mlgw_tests::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -92,29 +93,6 @@ async fn deploy(
     .await
     .unwrap_or_else(|e| panic!("deploying {name}: {e}"))
     .into_inner()
-}
-
-/// Waits (bounded) until the endpoint's record satisfies `ok`.
-async fn wait_endpoint(
-    c: &ServingServiceClient<Channel>,
-    id: &str,
-    what: &str,
-    ok: impl Fn(&pb::Endpoint) -> bool,
-) -> pb::Endpoint {
-    wait_for(Duration::from_secs(120), what, || {
-        let mut c = c.clone();
-        let id = id.to_string();
-        let ok = &ok;
-        async move {
-            let e = c
-                .get(pb::GetEndpointRequest { id })
-                .await
-                .ok()?
-                .into_inner();
-            ok(&e).then_some(e)
-        }
-    })
-    .await
 }
 
 async fn wait_ready(c: &ServingServiceClient<Channel>, id: &str) -> pb::Endpoint {
@@ -257,40 +235,6 @@ async fn refused_on_probe(
         "{name}: the model server was reached: {:?}",
         server.requests(marker)
     );
-}
-
-const TRAIN: &str = r#"
-import os, joblib
-from sklearn.datasets import load_iris
-from sklearn.linear_model import LogisticRegression
-X, y = load_iris(return_X_y=True)
-model = LogisticRegression(max_iter=500).fit(X, y)
-joblib.dump(model, os.path.join(os.environ["MLGW_OUTPUT_DIR"], "model.joblib"))
-"#;
-
-const ROWS: [[f64; 4]; 3] = [
-    [5.1, 3.5, 1.4, 0.2],
-    [6.7, 3.0, 5.2, 2.3],
-    [5.9, 3.0, 4.2, 1.5],
-];
-
-/// What the local model must answer for ROWS, computed outside the gateway.
-fn expected(model_dir: &std::path::Path) -> Vec<i64> {
-    let out = std::process::Command::new(python())
-        .arg("-c")
-        .arg(format!(
-            "import joblib, json; m = joblib.load('{}/model.joblib'); print(json.dumps(m.predict({:?}).tolist()))",
-            model_dir.display(),
-            ROWS
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[tokio::test]

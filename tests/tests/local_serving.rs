@@ -4,45 +4,11 @@
 use std::time::Duration;
 
 use mlgw::api::pb;
+use mlgw_tests::iris::{ROWS, TRAIN, expected};
 use mlgw_tests::*;
 use tonic::Code;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mlgw-under-test");
-
-const TRAIN: &str = r#"
-import os, joblib
-from sklearn.datasets import load_iris
-from sklearn.linear_model import LogisticRegression
-X, y = load_iris(return_X_y=True)
-model = LogisticRegression(max_iter=500).fit(X, y)
-joblib.dump(model, os.path.join(os.environ["MLGW_OUTPUT_DIR"], "model.joblib"))
-print("accuracy", model.score(X, y))
-"#;
-
-const ROWS: [[f64; 4]; 3] = [
-    [5.1, 3.5, 1.4, 0.2],
-    [6.7, 3.0, 5.2, 2.3],
-    [5.9, 3.0, 4.2, 1.5],
-];
-
-/// The model's own answer, computed outside the gateway.
-fn expected(model_dir: &std::path::Path) -> Vec<i64> {
-    let out = std::process::Command::new(python())
-        .arg("-c")
-        .arg(format!(
-            "import joblib, json; m = joblib.load('{}/model.joblib'); print(json.dumps(m.predict({:?}).tolist()))",
-            model_dir.display(),
-            ROWS
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 fn request(endpoint: &str) -> pb::PredictRequest {
     pb::PredictRequest {

@@ -69,28 +69,6 @@ async fn deploy(
     .map(|r| r.into_inner())
 }
 
-async fn endpoint_until(
-    c: &ServingServiceClient<Channel>,
-    id: &str,
-    what: &str,
-    want: impl Fn(&pb::Endpoint) -> bool,
-) -> pb::Endpoint {
-    wait_for(Duration::from_secs(60), what, || {
-        let mut c = c.clone();
-        let id = id.to_string();
-        let want = &want;
-        async move {
-            let e = c
-                .get(pb::GetEndpointRequest { id })
-                .await
-                .ok()?
-                .into_inner();
-            want(&e).then_some(e)
-        }
-    })
-    .await
-}
-
 fn is(state: pb::EndpointState) -> impl Fn(&pb::Endpoint) -> bool {
     move |e| e.state == state as i32
 }
@@ -193,7 +171,7 @@ async fn an_endpoint_whose_deploy_a_crash_cut_off_is_deployed_after_the_restart(
         .into_inner();
     assert_eq!(list.endpoints.len(), 1, "the record survived");
     let id = list.endpoints[0].id.clone();
-    let e = endpoint_until(
+    let e = wait_endpoint(
         &s,
         &id,
         "the endpoint to be ready",
@@ -234,10 +212,10 @@ async fn a_readiness_blip_degrades_an_endpoint_and_only_a_lasting_one_fails_it()
     )
     .await
     .unwrap();
-    endpoint_until(&s, &e.id, "ready", is(pb::EndpointState::Ready)).await;
+    wait_endpoint(&s, &e.id, "ready", is(pb::EndpointState::Ready)).await;
 
     server.set_ready(false);
-    let d = endpoint_until(&s, &e.id, "degraded", is(pb::EndpointState::Degraded)).await;
+    let d = wait_endpoint(&s, &e.id, "degraded", is(pb::EndpointState::Degraded)).await;
     assert!(d.message.contains("503"), "{}", d.message);
     // Degraded still serves.
     let p = s
@@ -257,10 +235,10 @@ async fn a_readiness_blip_degrades_an_endpoint_and_only_a_lasting_one_fails_it()
         .into_inner();
     assert_eq!(p.model_name, "shaky");
     server.set_ready(true);
-    endpoint_until(&s, &e.id, "ready again", is(pb::EndpointState::Ready)).await;
+    wait_endpoint(&s, &e.id, "ready again", is(pb::EndpointState::Ready)).await;
 
     server.set_ready(false);
-    let f = endpoint_until(&s, &e.id, "failed", is(pb::EndpointState::Failed)).await;
+    let f = wait_endpoint(&s, &e.id, "failed", is(pb::EndpointState::Failed)).await;
     assert!(
         f.message.contains("has not been ready for"),
         "{}",

@@ -257,42 +257,23 @@ async fn plugin_logs_are_bounded_and_cannot_forge_entries() {
     );
 }
 
-/// Runs `mlgw serve` with `args`, which must make it refuse to start: it must exit, within a
-/// bound, unsuccessfully. Returns its stderr.
-async fn serve_refuses(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
-    let child = tokio::process::Command::new(BIN)
-        .arg("serve")
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("the gateway started serving instead of refusing")
-        .unwrap();
-    assert!(!out.status.success());
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn a_target_without_a_capability_its_plugin_needs_does_not_start() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("mlgw.toml");
     std::fs::write(&cfg, "[targets.local]\nplugin = \"local\"\n").unwrap();
     let data = dir.path().join("data");
-    let (_, err) = serve_refuses(&[
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--config".as_ref(),
-        cfg.as_os_str(),
-        "--data-dir".as_ref(),
-        data.as_os_str(),
-    ])
+    let (_, err) = serve_refuses(
+        BIN,
+        &[
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--config".as_ref(),
+            cfg.as_os_str(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+        ],
+    )
     .await;
     assert!(
         err.contains("needs the process capability")
@@ -305,12 +286,15 @@ async fn a_target_without_a_capability_its_plugin_needs_does_not_start() {
 async fn any_program_is_refused_on_a_network_listener() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (code, err) = serve_refuses(&[
-        "--listen".as_ref(),
-        "0.0.0.0:0".as_ref(),
-        "--data-dir".as_ref(),
-        data.as_os_str(),
-    ])
+    let (code, err) = serve_refuses(
+        BIN,
+        &[
+            "--listen".as_ref(),
+            "0.0.0.0:0".as_ref(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+        ],
+    )
     .await;
     assert_eq!(code, Some(2), "{err}");
     assert!(
