@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "serving.proto",
         "targets.proto",
         "common.proto",
+        "artifacts.proto",
     ]
     .map(|f| proto_root.join("mlgw/v1").join(f));
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

@@ -36,6 +36,165 @@ pub struct Config {
     pub plugins: BTreeMap<String, PathBuf>,
     #[serde(default)]
     pub targets: BTreeMap<String, TargetConfig>,
+    #[serde(default)]
+    pub artifacts: ArtifactsConfig,
+}
+
+/// Where uploaded code and model files live (`[artifacts]`): a directory by default, an
+/// S3-compatible bucket in-cluster, so that every target can reach them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArtifactsConfig {
+    pub store: ArtifactStoreKind,
+    /// The directory store's root. Default: `<data_dir>/artifacts`.
+    pub dir: Option<PathBuf>,
+    /// Required with `store = "s3"`.
+    pub s3: Option<S3StoreConfig>,
+    /// Largest upload, as sent (a directory's tarball, compressed).
+    pub max_upload_bytes: u64,
+    /// Largest a directory artifact may unpack to.
+    pub max_unpacked_bytes: u64,
+    /// Longest lifetime of a presigned URL handed to a target.
+    pub presign_max_seconds: u64,
+}
+
+impl Default for ArtifactsConfig {
+    fn default() -> Self {
+        Self {
+            store: ArtifactStoreKind::Dir,
+            dir: None,
+            s3: None,
+            max_upload_bytes: 1 << 30,
+            max_unpacked_bytes: 4 << 30,
+            presign_max_seconds: 900,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArtifactStoreKind {
+    #[default]
+    Dir,
+    S3,
+}
+
+/// An S3 (or S3-compatible) bucket. Credentials come from the standard AWS chain (environment,
+/// shared config and credentials files, web identity, container and instance metadata), never
+/// from this file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3StoreConfig {
+    pub bucket: String,
+    /// Keys start with `<prefix>/<tenant>/`; empty: with the tenant.
+    #[serde(default)]
+    pub prefix: String,
+    /// Default: the AWS chain's region (AWS_REGION, the profile), else us-east-1.
+    pub region: Option<String>,
+    /// Another endpoint than AWS's own: a VPC endpoint, MinIO, a test server.
+    pub endpoint_url: Option<String>,
+    /// `http://host/bucket/key` instead of `http://bucket.host/key` (most S3-compatible servers).
+    #[serde(default)]
+    pub force_path_style: bool,
+}
+
+/// S3 takes at most this much in one PUT, which is how uploads are stored.
+pub const S3_MAX_PUT_BYTES: u64 = 5 << 30;
+/// S3 refuses presigned URLs that live longer than a week.
+pub const S3_MAX_PRESIGN_SECONDS: u64 = 7 * 24 * 60 * 60;
+
+impl ArtifactsConfig {
+    /// The directory store's root.
+    pub fn dir_root(&self, data_dir: &Path) -> PathBuf {
+        self.dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("artifacts"))
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| ConfigError::Invalid(format!("artifacts.{key}: {why}"));
+        for (key, value) in [
+            ("max_upload_bytes", self.max_upload_bytes),
+            ("max_unpacked_bytes", self.max_unpacked_bytes),
+            ("presign_max_seconds", self.presign_max_seconds),
+        ] {
+            if value == 0 {
+                return Err(bad(key, "must be positive".into()));
+            }
+        }
+        if self.presign_max_seconds > S3_MAX_PRESIGN_SECONDS {
+            return Err(bad(
+                "presign_max_seconds",
+                format!("at most {S3_MAX_PRESIGN_SECONDS} (a week, S3's limit)"),
+            ));
+        }
+        match (self.store, &self.s3) {
+            (ArtifactStoreKind::Dir, _) => Ok(()),
+            (ArtifactStoreKind::S3, None) => Err(bad(
+                "s3",
+                "store = \"s3\" needs an [artifacts.s3] table with at least a bucket".into(),
+            )),
+            (ArtifactStoreKind::S3, Some(s3)) => {
+                if self.max_upload_bytes > S3_MAX_PUT_BYTES {
+                    return Err(bad(
+                        "max_upload_bytes",
+                        format!(
+                            "at most {S3_MAX_PUT_BYTES} (5 GiB, one S3 PUT) with store = \"s3\""
+                        ),
+                    ));
+                }
+                s3.check()
+                    .map_err(|(key, why)| bad(&format!("s3.{key}"), why))
+            }
+        }
+    }
+}
+
+impl S3StoreConfig {
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        let b = &self.bucket;
+        // S3's bucket naming rules, so a typo fails here rather than on the first upload.
+        if !(3..=63).contains(&b.len())
+            || !b
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+            || !b.starts_with(|c: char| c.is_ascii_alphanumeric())
+            || !b.ends_with(|c: char| c.is_ascii_alphanumeric())
+        {
+            return Err((
+                "bucket",
+                format!("{b:?} is not a bucket name (3-63 lowercase letters, digits, '.' and '-')"),
+            ));
+        }
+        if !self.prefix.is_empty()
+            && (self.prefix.starts_with('/')
+                || self.prefix.ends_with('/')
+                || self
+                    .prefix
+                    .split('/')
+                    .any(|s| s.is_empty() || s == "." || s == "..")
+                || self.prefix.chars().any(|c| c.is_control()))
+        {
+            return Err((
+                "prefix",
+                format!(
+                    "{:?}: segments separated by single '/', none of them empty, \".\" or \"..\", no leading or trailing '/'",
+                    self.prefix
+                ),
+            ));
+        }
+        if let Some(e) = &self.endpoint_url
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(("endpoint_url", format!("{e:?} is not an http(s):// URL")));
+        }
+        if let Some(r) = &self.region
+            && (r.is_empty() || !r.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'))
+        {
+            return Err(("region", format!("{r:?} is not a region name")));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -350,6 +509,7 @@ impl Config {
             limits: Limits::default(),
             plugins: BTreeMap::new(),
             targets,
+            artifacts: ArtifactsConfig::default(),
         }
     }
 
@@ -479,6 +639,7 @@ impl Config {
                 l.target_concurrent_calls, l.max_concurrent_calls
             )));
         }
+        self.artifacts.check()?;
         // Slower than this, live records would look stuck to everyone watching them.
         const MAX_RECONCILE_INTERVAL_MS: u64 = 60 * 60 * 1000;
         if l.reconcile_interval_ms > MAX_RECONCILE_INTERVAL_MS {
@@ -641,6 +802,76 @@ max_response_bytes = 1024
         let mut c = Config::embedded();
         c.limits.reconcile_interval_ms = 1;
         c.check().unwrap();
+    }
+
+    #[test]
+    fn the_artifacts_section_parses_and_its_mistakes_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        let write = |artifacts: &str| {
+            std::fs::write(
+                &p,
+                format!("[targets.a]\nplugin = \"local\"\n[artifacts]\n{artifacts}\n"),
+            )
+            .unwrap();
+        };
+        write(
+            "store = \"s3\"\nmax_upload_bytes = 10\n[artifacts.s3]\nbucket = \"ml-art\"\nprefix = \"team/a\"\nendpoint_url = \"http://127.0.0.1:9000\"\nforce_path_style = true",
+        );
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.artifacts.store, ArtifactStoreKind::S3);
+        assert_eq!(c.artifacts.max_upload_bytes, 10);
+        assert_eq!(c.artifacts.max_unpacked_bytes, 4 << 30);
+        assert_eq!(c.artifacts.presign_max_seconds, 900);
+        let s3 = c.artifacts.s3.as_ref().unwrap();
+        assert_eq!(
+            (s3.bucket.as_str(), s3.prefix.as_str()),
+            ("ml-art", "team/a")
+        );
+        assert!(s3.force_path_style);
+        assert_eq!(
+            Config::embedded().artifacts.dir_root(Path::new("/d")),
+            PathBuf::from("/d/artifacts")
+        );
+        for (artifacts, key) in [
+            ("store = \"s3\"", "artifacts.s3:"),
+            ("max_upload_bytes = 0", "artifacts.max_upload_bytes:"),
+            (
+                "presign_max_seconds = 604801",
+                "artifacts.presign_max_seconds:",
+            ),
+            (
+                "store = \"s3\"\nmax_upload_bytes = 6000000000\n[artifacts.s3]\nbucket = \"b-1\"",
+                "artifacts.max_upload_bytes:",
+            ),
+            (
+                "store = \"s3\"\n[artifacts.s3]\nbucket = \"Bad_Bucket\"",
+                "artifacts.s3.bucket:",
+            ),
+            (
+                "store = \"s3\"\n[artifacts.s3]\nbucket = \"b-1\"\nprefix = \"/a//b\"",
+                "artifacts.s3.prefix:",
+            ),
+            (
+                "store = \"s3\"\n[artifacts.s3]\nbucket = \"b-1\"\nendpoint_url = \"127.0.0.1:9000\"",
+                "artifacts.s3.endpoint_url:",
+            ),
+        ] {
+            write(artifacts);
+            let e = Config::load(&p).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("config: {key}")), "{artifacts}: {e}");
+        }
+        for typo in [
+            "stor = \"dir\"",
+            "store = \"ftp\"",
+            "[artifacts.s3]\nbuckt = \"b\"",
+        ] {
+            write(typo);
+            assert!(
+                matches!(Config::load(&p), Err(ConfigError::Parse { .. })),
+                "{typo}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The gateway's one error type. Lower layers (domain validation, store, plugin runtime, data
 //! plane) convert into it; `api::status` maps it to gRPC codes in one place.
 
+use crate::artifacts::ArtifactError;
 use crate::dataplane::DataPlaneError;
 use crate::domain::FieldError;
 use crate::runtime::PluginError;
@@ -22,6 +23,8 @@ pub enum GatewayError {
     DataPlane(#[from] DataPlaneError),
     #[error("storage: {0}")]
     Store(StoreError),
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
 }
 
 impl From<FieldError> for GatewayError {

@@ -3,6 +3,7 @@
 //! contract, so teams swap targets by configuration while client code stays the same.
 
 pub mod api;
+pub mod artifacts;
 pub mod capabilities;
 pub mod cli;
 pub mod config;

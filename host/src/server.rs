@@ -31,7 +31,16 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Gateway>> {
     })?;
     let runtime = Arc::new(Runtime::load(config, &store).await?);
     let dataplane = crate::dataplane::DataPlane::new(config)?;
-    Ok(Arc::new(Gateway::new(store, runtime, dataplane, LOG_POLL)))
+    let artifacts = crate::artifacts::ArtifactStore::open(&config.artifacts, &config.data_dir)
+        .await
+        .context("opening the artifact store ([artifacts])")?;
+    Ok(Arc::new(Gateway::new(
+        store,
+        runtime,
+        dataplane,
+        Arc::new(artifacts),
+        LOG_POLL,
+    )))
 }
 
 /// Serves until `shutdown` resolves. `on_listening` learns the bound address (port 0 works).

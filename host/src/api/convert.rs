@@ -3,6 +3,7 @@
 use prost_types::Timestamp;
 
 use super::pb;
+use crate::artifacts::{Artifact, ArtifactKind, UploadHeader};
 use crate::dataplane::{InferRequest, InferResponse, Kind, Tensor, TensorData, kind_of};
 use crate::domain::{
     self, Endpoint, EndpointSpec, EndpointState, Feature, InputChannel, Job, JobState, Millis,
@@ -65,6 +66,7 @@ pub fn training_spec(s: pb::TrainingJobSpec) -> TrainingSpec {
         resources: resources_from(s.resources),
         max_runtime_seconds: (s.max_runtime_seconds > 0).then_some(s.max_runtime_seconds),
         framework: opt(s.framework),
+        code_uri: opt(s.code_uri),
     }
 }
 
@@ -88,6 +90,7 @@ fn training_spec_to(s: &TrainingSpec) -> pb::TrainingJobSpec {
         resources: Some(resources_to(&s.resources)),
         max_runtime_seconds: s.max_runtime_seconds.unwrap_or(0),
         framework: s.framework.clone().unwrap_or_default(),
+        code_uri: s.code_uri.clone().unwrap_or_default(),
     }
 }
 
@@ -387,5 +390,43 @@ pub fn log_line(item: crate::gateway::LogItem) -> pb::LogLine {
         source,
         text,
         cursor: item.cursor,
+    }
+}
+
+pub fn upload_header(h: pb::UploadHeader) -> Result<UploadHeader, GatewayError> {
+    let kind = match pb::ArtifactKind::try_from(h.kind) {
+        Ok(pb::ArtifactKind::Unspecified) => None,
+        Ok(pb::ArtifactKind::File) => Some(ArtifactKind::File),
+        Ok(pb::ArtifactKind::Directory) => Some(ArtifactKind::Directory),
+        Err(_) => {
+            return Err(GatewayError::Invalid {
+                field: "header.kind".into(),
+                reason: format!("{} is not an artifact kind", h.kind),
+            });
+        }
+    };
+    Ok(UploadHeader {
+        name: h.name,
+        kind,
+        sha256: opt(h.sha256),
+        size: (h.size > 0).then_some(h.size),
+    })
+}
+
+fn artifact_kind_to(k: ArtifactKind) -> pb::ArtifactKind {
+    match k {
+        ArtifactKind::File => pb::ArtifactKind::File,
+        ArtifactKind::Directory => pb::ArtifactKind::Directory,
+    }
+}
+
+pub fn artifact(a: &Artifact) -> pb::Artifact {
+    pb::Artifact {
+        uri: a.uri.clone(),
+        sha256: a.sha256.clone(),
+        size: a.size,
+        kind: artifact_kind_to(a.kind) as i32,
+        name: a.name.clone(),
+        created_at: Some(ts(a.created_at)),
     }
 }

@@ -1,6 +1,7 @@
 //! The gRPC surface: tonic services that translate proto messages to gateway calls and back.
 //! Proto types go no further than this module.
 
+mod artifacts;
 mod convert;
 mod serving;
 mod status;
@@ -38,6 +39,9 @@ pub fn routes(gw: Arc<Gateway>) -> anyhow::Result<tonic::service::Routes> {
         reporter
             .set_serving::<pb::target_service_server::TargetServiceServer<targets::TargetApi>>()
             .await;
+        reporter
+            .set_serving::<pb::artifact_service_server::ArtifactServiceServer<artifacts::ArtifactApi>>()
+            .await;
     });
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -59,7 +63,10 @@ pub fn routes(gw: Arc<Gateway>) -> anyhow::Result<tonic::service::Routes> {
             serving::ServingApi::new(gw.clone()),
         ))
         .add_service(pb::target_service_server::TargetServiceServer::new(
-            targets::TargetApi::new(gw),
+            targets::TargetApi::new(gw.clone()),
+        ))
+        .add_service(pb::artifact_service_server::ArtifactServiceServer::new(
+            artifacts::ArtifactApi::new(gw),
         ));
     Ok(routes.routes())
 }

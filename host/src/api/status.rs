@@ -10,6 +10,7 @@ use std::borrow::Cow;
 
 use tonic::{Code, Status};
 
+use crate::artifacts::ArtifactError;
 use crate::dataplane::DataPlaneError;
 use crate::domain::FieldError;
 use crate::error::GatewayError;
@@ -153,6 +154,14 @@ fn map(e: GatewayError) -> Status {
             | DataPlaneError::BadResponse(_)
             | DataPlaneError::Redirected { .. } => Status::internal(msg),
             DataPlaneError::Unsupported(_) => Status::unimplemented(msg),
+        },
+        GatewayError::Artifact(a) => match a {
+            ArtifactError::Invalid { field, reason } => invalid(&field, &reason),
+            ArtifactError::NotFound(_) => Status::not_found(msg),
+            ArtifactError::Unsupported(_) => Status::unimplemented(msg),
+            ArtifactError::Unavailable(_) => Status::unavailable(msg),
+            ArtifactError::Cancelled(_) => Status::cancelled(msg),
+            ArtifactError::Storage(_) => Status::internal(msg),
         },
     }
 }

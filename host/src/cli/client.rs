@@ -9,9 +9,10 @@ use serde_json::Value;
 use tonic::transport::Channel;
 
 use super::render;
-use super::{Command, Conn, Output};
+use super::{Command, Conn, Output, pack};
 use crate::api::pb::{
-    self, serving_service_client::ServingServiceClient, target_service_client::TargetServiceClient,
+    self, artifact_service_client::ArtifactServiceClient,
+    serving_service_client::ServingServiceClient, target_service_client::TargetServiceClient,
     training_service_client::TrainingServiceClient,
 };
 
@@ -50,6 +51,10 @@ pub struct SubmitArgs {
     framework: String,
     #[arg(long, default_value = "")]
     idempotency_key: String,
+    /// A directory of code to upload with the job; the command runs in it on the target.
+    /// `.gitignore` and `.mlgwignore` excludes apply.
+    #[arg(long)]
+    code: Option<std::path::PathBuf>,
     /// The program and its arguments, after `--`.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -108,6 +113,34 @@ pub struct PredictArgs {
     datatype: String,
 }
 
+#[derive(clap::Subcommand)]
+pub enum ArtifactsCommand {
+    /// Upload a file as it is, or a directory packed as a tarball; prints the artifact URI.
+    Put {
+        path: std::path::PathBuf,
+        /// A label (default: the file or directory name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Download an artifact: a file is written as it is, a directory is unpacked.
+    Get {
+        /// The URI `put` printed, or sha256:<hex>.
+        uri: String,
+        /// Where to (default: the artifact's name in the current directory; "-" writes a
+        /// file to stdout).
+        #[arg(long = "out", short = 'O')]
+        out: Option<std::path::PathBuf>,
+        /// Write a directory artifact's tarball instead of unpacking it.
+        #[arg(long)]
+        archive: bool,
+    },
+    /// List artifacts, newest first.
+    Ls {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum StateArg {
     Pending,
@@ -131,6 +164,8 @@ enum ClientError {
     Rpc(#[from] tonic::Status),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Pack(#[from] pack::PackError),
 }
 
 fn code_name(c: tonic::Code) -> &'static str {
@@ -197,6 +232,18 @@ async fn dispatch(conn: &Conn, cmd: Command) -> Result<ExitCode, ClientError> {
         Command::Submit(a) => {
             let mut command = a.command;
             let args = command.split_off(1);
+            let code_uri = match &a.code {
+                Some(dir) => {
+                    if !dir.is_dir() {
+                        return Err(ClientError::Usage(format!(
+                            "--code {}: not a directory",
+                            dir.display()
+                        )));
+                    }
+                    upload_path(ch.clone(), dir, None).await?.uri
+                }
+                None => String::new(),
+            };
             let job = training
                 .submit(pb::SubmitJobRequest {
                     target: a.target,
@@ -223,6 +270,7 @@ async fn dispatch(conn: &Conn, cmd: Command) -> Result<ExitCode, ClientError> {
                         }),
                         max_runtime_seconds: a.max_runtime,
                         framework: a.framework,
+                        code_uri,
                     }),
                 })
                 .await?
@@ -386,9 +434,150 @@ async fn dispatch(conn: &Conn, cmd: Command) -> Result<ExitCode, ClientError> {
                 .into_inner();
             render::targets(out, &resp.targets);
         }
+        Command::Artifacts { command } => return artifacts(ch, out, command).await,
         Command::Serve { .. } | Command::Supervise { .. } => unreachable!("handled by cli::run"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Packs (a directory) and uploads `path` off the async thread; refused before anything is sent
+/// if packing finds what the store would refuse.
+async fn upload_path(
+    ch: Channel,
+    path: &std::path::Path,
+    name: Option<String>,
+) -> Result<pb::Artifact, ClientError> {
+    let p = path.to_path_buf();
+    let packed = tokio::task::spawn_blocking(move || pack::prepare(&p, name))
+        .await
+        .map_err(|e| ClientError::Usage(format!("packing {}: {e}", path.display())))??;
+    if packed.kind == pb::ArtifactKind::Directory {
+        eprintln!(
+            "packed {} ({} entries, {} bytes)",
+            path.display(),
+            packed.entries,
+            packed.size
+        );
+    }
+    Ok(pack::upload(ch, packed).await?)
+}
+
+async fn artifacts(
+    ch: Channel,
+    out: Output,
+    cmd: ArtifactsCommand,
+) -> Result<ExitCode, ClientError> {
+    let mut client = ArtifactServiceClient::new(ch.clone());
+    match cmd {
+        ArtifactsCommand::Put { path, name } => {
+            let a = upload_path(ch, &path, name).await?;
+            render::artifact_uri(out, &a);
+        }
+        ArtifactsCommand::Get {
+            uri,
+            out: to,
+            archive,
+        } => {
+            let a = client
+                .stat(pb::StatArtifactRequest { uri: uri.clone() })
+                .await?
+                .into_inner();
+            let dest = match to {
+                Some(p) => p,
+                None => default_name(&a),
+            };
+            let mut s = client
+                .download(pb::DownloadArtifactRequest { uri })
+                .await?
+                .into_inner();
+            let to_stdout = dest.as_os_str() == "-";
+            let dir = a.kind == pb::ArtifactKind::Directory as i32 && !archive;
+            if to_stdout && dir {
+                return Err(ClientError::Usage(
+                    "a directory artifact is unpacked into a directory: give --out DIR, or --archive".into(),
+                ));
+            }
+            // Into a temporary file first: checked against its digest before it is used.
+            let mut tmp = tempfile::NamedTempFile::new_in(if to_stdout || dir {
+                std::env::temp_dir()
+            } else {
+                dest.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_else(|| ".".into())
+            })
+            .map_err(|e| ClientError::Usage(format!("creating a temporary file: {e}")))?;
+            let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+            while let Some(chunk) = s.next().await {
+                let chunk = chunk?;
+                sha2::Digest::update(&mut hasher, &chunk.data);
+                std::io::Write::write_all(&mut tmp, &chunk.data)
+                    .map_err(|e| ClientError::Usage(format!("writing: {e}")))?;
+            }
+            let got = hex::encode(sha2::Digest::finalize(hasher));
+            if got != a.sha256 {
+                return Err(ClientError::Usage(format!(
+                    "the download's sha256 is {got}, not {}: it changed on the way",
+                    a.sha256
+                )));
+            }
+            if to_stdout {
+                let mut f = tmp
+                    .reopen()
+                    .map_err(|e| ClientError::Usage(e.to_string()))?;
+                std::io::copy(&mut f, &mut std::io::stdout())
+                    .map_err(|e| ClientError::Usage(format!("writing to stdout: {e}")))?;
+            } else if dir {
+                let f = tmp
+                    .reopen()
+                    .map_err(|e| ClientError::Usage(e.to_string()))?;
+                let dest2 = dest.clone();
+                tokio::task::spawn_blocking(move || unpack(f, &dest2))
+                    .await
+                    .map_err(|e| ClientError::Usage(e.to_string()))??;
+                eprintln!("unpacked into {}", dest.display());
+            } else {
+                tmp.persist(&dest).map_err(|e| {
+                    ClientError::Usage(format!("writing {}: {}", dest.display(), e.error))
+                })?;
+                eprintln!("wrote {}", dest.display());
+            }
+        }
+        ArtifactsCommand::Ls { limit } => {
+            let resp = client
+                .list(pb::ListArtifactsRequest {
+                    page_size: limit,
+                    page_token: String::new(),
+                })
+                .await?
+                .into_inner();
+            render::artifacts(out, &resp.artifacts);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The artifact's name as one path component (whatever the gateway says), else its digest.
+fn default_name(a: &pb::Artifact) -> std::path::PathBuf {
+    std::path::Path::new(&a.name)
+        .file_name()
+        .filter(|n| *n != "." && *n != "..")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| a.sha256.chars().take(16).collect::<String>().into())
+}
+
+/// Unpacks a directory artifact into `dest`, which must not exist or be empty.
+fn unpack(file: std::fs::File, dest: &std::path::Path) -> Result<(), ClientError> {
+    let fail = |e: std::io::Error| ClientError::Usage(format!("{}: {e}", dest.display()));
+    if dest.exists() && std::fs::read_dir(dest).map_err(fail)?.next().is_some() {
+        return Err(ClientError::Usage(format!(
+            "{}: not empty; unpack into a new directory",
+            dest.display()
+        )));
+    }
+    std::fs::create_dir_all(dest).map_err(fail)?;
+    let mut ar = tar::Archive::new(crate::artifacts::archive_reader(file).map_err(fail)?);
+    ar.unpack(dest).map_err(fail)
 }
 
 /// Prints the endpoint, after waiting for it to settle when asked to.

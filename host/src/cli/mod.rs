@@ -2,6 +2,7 @@
 //! gRPC API (the same one notebooks and CI use).
 
 mod client;
+mod pack;
 mod render;
 
 use std::path::PathBuf;
@@ -110,6 +111,11 @@ pub enum Command {
     Predict(client::PredictArgs),
     /// List targets and what each supports.
     Targets,
+    /// Upload, download and list artifacts (code and model files every target can read).
+    Artifacts {
+        #[command(subcommand)]
+        command: client::ArtifactsCommand,
+    },
 }
 
 pub fn main() -> ExitCode {

@@ -58,6 +58,7 @@ pub fn job_json(j: &pb::Job) -> Value {
         "backend_state": j.backend_state,
         "backend_ref": j.backend_ref,
         "output_uri": j.output_uri,
+        "code_uri": spec.code_uri,
         "command": spec.command.iter().chain(&spec.args).collect::<Vec<_>>(),
         "created_at": time(&j.created_at),
         "updated_at": time(&j.updated_at),
@@ -259,6 +260,54 @@ pub fn targets(out: Output, ts: &[pb::Target]) {
                     list("features"),
                     list("grants"),
                     r["health"].as_str().unwrap_or_default().to_string(),
+                ]);
+            }
+            println!("{t}");
+        }
+    }
+}
+
+fn artifact_kind(k: i32) -> String {
+    pb::ArtifactKind::try_from(k)
+        .map(|k| {
+            k.as_str_name()
+                .trim_start_matches("ARTIFACT_KIND_")
+                .to_lowercase()
+        })
+        .unwrap_or_else(|_| k.to_string())
+}
+
+pub fn artifact_json(a: &pb::Artifact) -> Value {
+    json!({
+        "uri": a.uri,
+        "sha256": a.sha256,
+        "size": a.size,
+        "kind": artifact_kind(a.kind),
+        "name": a.name,
+        "created_at": time(&a.created_at),
+    })
+}
+
+/// An uploaded artifact: its URI alone on a table, for scripts (`uri=$(mlgw artifacts put .)`).
+pub fn artifact_uri(out: Output, a: &pb::Artifact) {
+    match out {
+        Output::Json => print_json(&artifact_json(a)),
+        Output::Table => println!("{}", a.uri),
+    }
+}
+
+pub fn artifacts(out: Output, list: &[pb::Artifact]) {
+    match out {
+        Output::Json => print_json(&Value::Array(list.iter().map(artifact_json).collect())),
+        Output::Table => {
+            let mut t = table(&["NAME", "KIND", "SIZE", "CREATED", "URI"]);
+            for a in list {
+                t.add_row(vec![
+                    a.name.clone(),
+                    artifact_kind(a.kind),
+                    a.size.to_string(),
+                    time(&a.created_at),
+                    a.uri.clone(),
                 ]);
             }
             println!("{t}");

@@ -51,6 +51,10 @@ pub struct TrainingSpec {
     pub resources: Resources,
     pub max_runtime_seconds: Option<u64>,
     pub framework: Option<String>,
+    /// An artifact of kind directory holding the job's code; the command runs in it, unpacked.
+    /// Records written before it existed have none.
+    #[serde(default)]
+    pub code_uri: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

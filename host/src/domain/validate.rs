@@ -328,6 +328,9 @@ pub fn validate_training_spec(spec: &TrainingSpec) -> Result {
     if let Some(uri) = &spec.output_uri {
         check_text("spec.output_uri", uri, MAX_URI)?;
     }
+    if let Some(uri) = &spec.code_uri {
+        check_text("spec.code_uri", uri, MAX_URI)?;
+    }
     validate_resources("spec.resources", &spec.resources)?;
     match spec.max_runtime_seconds {
         Some(0) => {
@@ -728,6 +731,10 @@ mod tests {
             (
                 Box::new(|s| s.output_uri = Some(long(MAX_URI + 1))),
                 "spec.output_uri",
+            ),
+            (
+                Box::new(|s| s.code_uri = Some(long(MAX_URI + 1))),
+                "spec.code_uri",
             ),
             (
                 Box::new(|s| s.framework = Some(long(MAX_WORD + 1))),

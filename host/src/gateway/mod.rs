@@ -8,6 +8,7 @@ mod jobs;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use crate::artifacts::ArtifactStore;
 use crate::dataplane::DataPlane;
 use crate::error::{GatewayError, Result};
 use crate::runtime::{Runtime, Target};
@@ -23,6 +24,8 @@ pub struct Gateway {
     pub store: Store,
     pub runtime: Arc<Runtime>,
     pub dataplane: DataPlane,
+    /// Code and model files that travel with jobs, where every target can read them.
+    pub artifacts: Arc<ArtifactStore>,
     /// How often follow-mode log streams poll a backend that has nothing new.
     pub log_poll: std::time::Duration,
     /// Jobs and endpoints whose hand-over to their backend is in flight. The reconciler
@@ -69,12 +72,14 @@ impl Gateway {
         store: Store,
         runtime: Arc<Runtime>,
         dataplane: DataPlane,
+        artifacts: Arc<ArtifactStore>,
         log_poll: std::time::Duration,
     ) -> Self {
         Self {
             store,
             runtime,
             dataplane,
+            artifacts,
             log_poll,
             starting: Mutex::default(),
         }
