@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod model_server;
+pub mod moto;
 
 pub use model_server::{ModelServer, Seen};
 
@@ -17,8 +18,8 @@ use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
 pub use mlgw::api::pb::{
-    serving_service_client::ServingServiceClient, target_service_client::TargetServiceClient,
-    training_service_client::TrainingServiceClient,
+    artifact_service_client::ArtifactServiceClient, serving_service_client::ServingServiceClient,
+    target_service_client::TargetServiceClient, training_service_client::TrainingServiceClient,
 };
 
 /// The Python environment with scikit-learn and MLServer that `.ci/run` prepares.
@@ -46,11 +47,23 @@ pub struct Gateway {
     pub data_dir: PathBuf,
     bin: PathBuf,
     config: Option<PathBuf>,
+    /// Set in the gateway's environment on every (re)start, e.g. a test bucket's credentials.
+    env: Vec<(String, String)>,
 }
 
 impl Gateway {
     /// Starts `bin serve` on `data_dir` (embedded defaults unless `config` is given).
     pub async fn start(bin: &str, data_dir: &Path, config: Option<&str>) -> Self {
+        Self::start_with_env(bin, data_dir, config, Vec::new()).await
+    }
+
+    /// As `start`, with `env` added to the gateway's environment.
+    pub async fn start_with_env(
+        bin: &str,
+        data_dir: &Path,
+        config: Option<&str>,
+        env: Vec<(String, String)>,
+    ) -> Self {
         let config = config.map(|text| {
             let p = data_dir.with_extension("toml");
             std::fs::write(&p, text).expect("writing the test config");
@@ -62,6 +75,7 @@ impl Gateway {
             data_dir: data_dir.to_path_buf(),
             bin: bin.into(),
             config,
+            env,
         };
         gw.spawn().await;
         gw
@@ -87,6 +101,7 @@ impl Gateway {
             .arg("127.0.0.1:0")
             .env("PATH", path)
             .env("MLGW_LOG", "info,mlgw=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .kill_on_drop(true);
@@ -131,6 +146,10 @@ impl Gateway {
 
     pub async fn serving(&self) -> ServingServiceClient<Channel> {
         ServingServiceClient::new(self.channel().await)
+    }
+
+    pub async fn artifacts(&self) -> ArtifactServiceClient<Channel> {
+        ArtifactServiceClient::new(self.channel().await)
     }
 
     /// SIGKILL: the gateway gets no chance to clean up, as in a crash.

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use mlgw::api::pb;
+use mlgw::api::pb::{self, upload_request};
 use mlgw_tests::*;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -31,12 +31,17 @@ enum Call {
     Delete(pb::DeleteEndpointRequest),
     Predict(pb::PredictRequest),
     GetTarget(pb::GetTargetRequest),
+    Upload(Vec<pb::UploadRequest>),
+    StatArtifact(pb::StatArtifactRequest),
+    DownloadArtifact(pb::DownloadArtifactRequest),
+    ListArtifacts(pb::ListArtifactsRequest),
 }
 
 struct Clients {
     training: TrainingServiceClient<Channel>,
     serving: ServingServiceClient<Channel>,
     targets: TargetServiceClient<Channel>,
+    artifacts: ArtifactServiceClient<Channel>,
 }
 
 impl Call {
@@ -55,6 +60,10 @@ impl Call {
             Call::Delete(_) => "ServingService.Delete",
             Call::Predict(_) => "ServingService.Predict",
             Call::GetTarget(_) => "TargetService.Get",
+            Call::Upload(_) => "ArtifactService.Upload",
+            Call::StatArtifact(_) => "ArtifactService.Stat",
+            Call::DownloadArtifact(_) => "ArtifactService.Download",
+            Call::ListArtifacts(_) => "ArtifactService.List",
         }
     }
 
@@ -74,6 +83,14 @@ impl Call {
             Call::Delete(r) => c.serving.delete(r).await.map(drop),
             Call::Predict(r) => c.serving.predict(r).await.map(drop),
             Call::GetTarget(r) => c.targets.get(r).await.map(drop),
+            Call::Upload(msgs) => c
+                .artifacts
+                .upload(futures::stream::iter(msgs))
+                .await
+                .map(drop),
+            Call::StatArtifact(r) => c.artifacts.stat(r).await.map(drop),
+            Call::DownloadArtifact(r) => c.artifacts.download(r).await.map(drop),
+            Call::ListArtifacts(r) => c.artifacts.list(r).await.map(drop),
         }
     }
 }
@@ -214,6 +231,42 @@ fn tensor(f: impl FnOnce(&mut pb::InferTensor)) -> Call {
 
 fn target(name: impl Into<String>) -> Call {
     Call::GetTarget(pb::GetTargetRequest { name: name.into() })
+}
+
+fn upload_header() -> pb::UploadHeader {
+    pb::UploadHeader {
+        name: "model.bin".into(),
+        kind: pb::ArtifactKind::File as i32,
+        sha256: String::new(),
+        size: 0,
+    }
+}
+
+fn header_part(h: pb::UploadHeader) -> pb::UploadRequest {
+    pb::UploadRequest {
+        part: Some(upload_request::Part::Header(h)),
+    }
+}
+
+fn chunk_part(data: &[u8]) -> pb::UploadRequest {
+    pb::UploadRequest {
+        part: Some(upload_request::Part::Chunk(data.to_vec())),
+    }
+}
+
+/// An upload whose header is broken by `f`, with a little content.
+fn upload(f: impl FnOnce(&mut pb::UploadHeader)) -> Call {
+    let mut h = upload_header();
+    f(&mut h);
+    Call::Upload(vec![header_part(h), chunk_part(b"content")])
+}
+
+fn stat_artifact(uri: impl Into<String>) -> Call {
+    Call::StatArtifact(pb::StatArtifactRequest { uri: uri.into() })
+}
+
+fn download_artifact(uri: impl Into<String>) -> Call {
+    Call::DownloadArtifact(pb::DownloadArtifactRequest { uri: uri.into() })
 }
 
 fn long(n: usize) -> String {
@@ -440,6 +493,16 @@ fn table(job: &str) -> Vec<Row> {
                     .collect()
             }),
             "spec.inputs",
+        ),
+        invalid(
+            "code URI with a NUL",
+            training(|s| s.code_uri = "s3://b/k\0".into()),
+            "spec.code_uri",
+        ),
+        invalid(
+            "code URI of 8 KiB",
+            training(|s| s.code_uri = format!("s3://b/{}", long(8 * KIB))),
+            "spec.code_uri",
         ),
         invalid(
             "output URI with a NUL",
@@ -1005,6 +1068,120 @@ fn table(job: &str) -> Vec<Row> {
             }),
             "parameters.a\\u{7}",
         ),
+        // ArtifactService.Upload: the stream, then each header field; the content.
+        invalid(
+            "content before the header",
+            Call::Upload(vec![chunk_part(b"content")]),
+            "header",
+        ),
+        invalid("no message at all", Call::Upload(vec![]), "header"),
+        invalid(
+            "a second header",
+            Call::Upload(vec![
+                header_part(upload_header()),
+                chunk_part(b"content"),
+                header_part(upload_header()),
+            ]),
+            "header",
+        ),
+        invalid(
+            "a message with neither part",
+            Call::Upload(vec![
+                header_part(upload_header()),
+                pb::UploadRequest { part: None },
+            ]),
+            "part",
+        ),
+        invalid(
+            "name of 1 KiB",
+            upload(|h| h.name = long(KIB)),
+            "header.name",
+        ),
+        invalid(
+            "name with a newline",
+            upload(|h| h.name = "a\nb".into()),
+            "header.name",
+        ),
+        invalid(
+            "kind unspecified",
+            upload(|h| h.kind = pb::ArtifactKind::Unspecified as i32),
+            "header.kind",
+        ),
+        invalid("kind 7", upload(|h| h.kind = 7), "header.kind"),
+        invalid(
+            "sha256 that is no digest",
+            upload(|h| h.sha256 = "xyz".into()),
+            "header.sha256",
+        ),
+        invalid(
+            "sha256 of other content",
+            upload(|h| h.sha256 = "0".repeat(64)),
+            "header.sha256",
+        ),
+        invalid(
+            "size over the limit",
+            upload(|h| h.size = 2 << 30),
+            "header.size",
+        ),
+        invalid(
+            "size that is not what follows",
+            upload(|h| h.size = 3),
+            "header.size",
+        ),
+        invalid(
+            "a directory that is no tar archive",
+            upload(|h| h.kind = pb::ArtifactKind::Directory as i32),
+            "chunk",
+        ),
+        // ArtifactService.Stat and Download.
+        invalid("empty URI", stat_artifact(""), "uri"),
+        invalid("URI without a scheme", stat_artifact("model.joblib"), "uri"),
+        invalid(
+            "sha256 that is no digest",
+            stat_artifact("sha256:abc"),
+            "uri",
+        ),
+        invalid("URI with a newline", stat_artifact("file:///a\nb"), "uri"),
+        invalid(
+            "URI of 8 KiB",
+            stat_artifact(format!("s3://b/{}", long(8 * KIB))),
+            "uri",
+        ),
+        not_found(
+            "a digest the store does not hold",
+            stat_artifact(format!("sha256:{}", "0".repeat(64))),
+        ),
+        not_found(
+            "a bucket that is not the store's",
+            stat_artifact("s3://another-bucket/default/sha256/x"),
+        ),
+        invalid("empty URI", download_artifact(""), "uri"),
+        invalid(
+            "URI without a scheme",
+            download_artifact("/etc/passwd"),
+            "uri",
+        ),
+        not_found(
+            "a digest the store does not hold",
+            download_artifact(format!("sha256:{}", "0".repeat(64))),
+        ),
+        // ArtifactService.List.
+        invalid(
+            "page size over 1000",
+            Call::ListArtifacts(pb::ListArtifactsRequest {
+                page_size: 1001,
+                page_token: String::new(),
+            }),
+            "page_size",
+        ),
+        invalid(
+            "a page token it never handed out",
+            Call::ListArtifacts(pb::ListArtifactsRequest {
+                page_size: 0,
+                page_token: job.to_string(),
+            }),
+            "page_token",
+        ),
         // TargetService.Get.
         invalid("empty name", target(""), "name"),
         invalid("name with a slash", target("local/x"), "name"),
@@ -1021,7 +1198,8 @@ async fn every_bad_request_field_is_refused_and_nothing_stored_changes() {
     let mut c = Clients {
         training: TrainingServiceClient::new(ch.clone()),
         serving: ServingServiceClient::new(ch.clone()),
-        targets: TargetServiceClient::new(ch),
+        targets: TargetServiceClient::new(ch.clone()),
+        artifacts: ArtifactServiceClient::new(ch),
     };
     // A record to keep: finished, so nothing but a broken request could change it.
     let kept = submit_and_wait(&mut c.training).await;
@@ -1110,6 +1288,13 @@ async fn every_bad_request_field_is_refused_and_nothing_stored_changes() {
         .unwrap()
         .into_inner();
     assert!(endpoints.endpoints.is_empty(), "{:?}", endpoints.endpoints);
+    let artifacts = c
+        .artifacts
+        .list(pb::ListArtifactsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(artifacts.artifacts.is_empty(), "{:?}", artifacts.artifacts);
 }
 
 async fn submit_and_wait(c: &mut TrainingServiceClient<Channel>) -> pb::Job {
