@@ -303,19 +303,19 @@ impl DirStore {
 /// Moves a complete upload to its place: a rename on the same filesystem; else a copy beside
 /// the place, then a rename, so the place only ever holds the whole content.
 fn persist(spooled: Spooled, dest: &Path) -> Result<(), ArtifactError> {
-    match spooled.file.persist(dest) {
-        Ok(_) => Ok(()),
+    match spooled.path.persist(dest) {
+        Ok(()) => Ok(()),
         Err(e) if e.error.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
-            let mut src = e.file;
+            let mut src = File::open(&e.path).map_err(|err| io(&e.path, err))?;
             let dir = dest.parent().expect("content has a directory");
             let mut tmp = tempfile::Builder::new()
                 .prefix(".upload-")
                 .tempfile_in(dir)
                 .map_err(|e| io(dir, e))?;
-            std::io::Seek::rewind(&mut src).map_err(|e| io(dest, e))?;
             std::io::copy(&mut src, &mut tmp).map_err(|e| io(dest, e))?;
             tmp.as_file().sync_all().map_err(|e| io(dest, e))?;
             tmp.persist(dest).map_err(|e| io(dest, e.error))?;
+            // e.path, dropped here, removes the spooled file.
             Ok(())
         }
         Err(e) => Err(io(dest, e.error)),

@@ -156,14 +156,9 @@ pub struct ArtifactStore {
 /// A complete upload in its temporary file, which is removed when this is dropped unless it
 /// was moved into place.
 struct Spooled {
-    file: tempfile::NamedTempFile,
+    path: tempfile::TempPath,
     sha256: String,
     size: u64,
-}
-
-enum SpoolMsg {
-    Chunk(Bytes),
-    End,
 }
 
 impl ArtifactStore {
@@ -395,7 +390,7 @@ impl ArtifactStore {
             ));
         }
         if kind == ArtifactKind::Directory {
-            let path = spooled.file.path().to_path_buf();
+            let path = spooled.path.to_path_buf();
             let limit = self.max_unpacked_bytes;
             tokio::task::spawn_blocking(move || archive::check_file(&path, limit))
                 .await
@@ -455,38 +450,58 @@ impl ArtifactStore {
         Ok(kind)
     }
 
-    /// Writes the content to a temporary file on the blocking pool, hashing and measuring it.
-    /// The writer owns the file: if the content stops short — an error, a client that went
-    /// away and dropped this future — the writer sees its channel close without an end and
-    /// removes the file itself.
+    /// Writes the content to a temporary file, hashing and measuring it. Each chunk is
+    /// written and hashed by a short task on the blocking pool, so a slow client holds no
+    /// thread while it sends nothing. The file's path is held here: however this ends — an
+    /// error, a refusal, a client gone and this future dropped with it — the file goes.
     async fn spool(&self, mut chunks: Chunks<'_>) -> Result<Spooled, ArtifactError> {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
         let dir = self.spool_dir.clone();
+        let created = tokio::task::spawn_blocking(move || {
+            tempfile::Builder::new()
+                .prefix("upload-")
+                .tempfile_in(&dir)
+                .map_err(|e| storage(&format!("creating a file in {}", dir.display()), e))
+        })
+        .await
+        .map_err(joined)??;
+        let (file, path) = created.into_parts();
+        let mut state = Some((file, Sha256::new()));
+        let mut size = 0u64;
         let limit = self.max_upload_bytes;
-        let writer = tokio::task::spawn_blocking(move || write_spool(&dir, rx, limit));
-        let mut fed = Ok(());
         while let Some(chunk) = chunks.next().await {
-            match chunk {
-                Ok(b) => {
-                    if tx.send(SpoolMsg::Chunk(b)).await.is_err() {
-                        // The writer stopped: its result says why.
-                        break;
-                    }
-                }
-                Err(e) => {
-                    fed = Err(e);
-                    break;
-                }
+            let b = chunk?;
+            size += b.len() as u64;
+            if size > limit {
+                return Err(invalid(
+                    "chunk",
+                    format!(
+                        "the upload is over the gateway's limit of {limit} bytes (artifacts.max_upload_bytes)"
+                    ),
+                ));
             }
+            let (mut file, mut hasher) = state.take().expect("put back after every chunk");
+            state = Some(
+                tokio::task::spawn_blocking(move || {
+                    hasher.update(&b);
+                    file.write_all(&b)
+                        .map_err(|e| storage("writing an upload", e))?;
+                    Ok::<_, ArtifactError>((file, hasher))
+                })
+                .await
+                .map_err(joined)??,
+            );
         }
-        if fed.is_ok() {
-            let _ = tx.send(SpoolMsg::End).await;
-        }
-        drop(tx);
-        // Waiting for the writer means the file is gone before a failure is answered.
-        let written = writer.await.map_err(joined)?;
-        fed?;
-        written
+        let (file, hasher) = state.take().expect("put back after every chunk");
+        // On disk before it is moved into place, so a crash cannot leave a short artifact.
+        tokio::task::spawn_blocking(move || file.sync_all())
+            .await
+            .map_err(joined)?
+            .map_err(|e| storage("writing an upload", e))?;
+        Ok(Spooled {
+            path,
+            sha256: hex::encode(hasher.finalize()),
+            size,
+        })
     }
 
     /// The digest `uri` names, for `tenant`.
@@ -514,52 +529,6 @@ impl ArtifactStore {
             _ => Err(not_found()),
         }
     }
-}
-
-fn write_spool(
-    dir: &Path,
-    mut rx: tokio::sync::mpsc::Receiver<SpoolMsg>,
-    limit: u64,
-) -> Result<Spooled, ArtifactError> {
-    let mut file = tempfile::Builder::new()
-        .prefix("upload-")
-        .tempfile_in(dir)
-        .map_err(|e| storage(&format!("creating a file in {}", dir.display()), e))?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    loop {
-        match rx.blocking_recv() {
-            Some(SpoolMsg::Chunk(b)) => {
-                size += b.len() as u64;
-                if size > limit {
-                    return Err(invalid(
-                        "chunk",
-                        format!(
-                            "the upload is over the gateway's limit of {limit} bytes (artifacts.max_upload_bytes)"
-                        ),
-                    ));
-                }
-                hasher.update(&b);
-                file.write_all(&b)
-                    .map_err(|e| storage("writing an upload", e))?;
-            }
-            Some(SpoolMsg::End) => break,
-            None => {
-                return Err(ArtifactError::Cancelled(
-                    "the stream ended before the upload was complete".into(),
-                ));
-            }
-        }
-    }
-    // On disk before it is renamed into place, so a crash cannot leave a short artifact.
-    file.as_file()
-        .sync_all()
-        .map_err(|e| storage("writing an upload", e))?;
-    Ok(Spooled {
-        file,
-        sha256: hex::encode(hasher.finalize()),
-        size,
-    })
 }
 
 /// A digest as 64 lowercase hex digits (uppercase is accepted and lowered).

@@ -214,7 +214,7 @@ impl S3Store {
             return Ok(self.artifact(&key, existing));
         }
         let body = ByteStream::read_from()
-            .path(spooled.file.path())
+            .path(&spooled.path)
             .length(Length::Exact(spooled.size))
             .buffer_size(CHUNK_BYTES)
             .build()
