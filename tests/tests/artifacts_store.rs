@@ -1,13 +1,14 @@
-//! Presigned URLs from the S3 artifact store, fetched with plain HTTP from moto's S3 on
-//! loopback. The store is opened in this process (presigning is what the gateway does for a
-//! target that fetches code itself; no RPC hands URLs out), and it finds its credentials where
-//! the gateway does, in the environment — so this is the only test in its binary, and the
-//! environment is set before anything else here reads it.
+//! The S3 artifact store's API that the gateway's own code calls — presigned URLs, blocking
+//! reads for unpacking, publishing a job's outputs — against moto's S3 on loopback, read back
+//! with plain HTTP and the S3 API. The store is opened in this process (no RPC hands these
+//! out), and it finds its credentials where the gateway does, in the environment — so this is
+//! the only test in its binary, and the environment is set before anything else here reads it.
 //!
 //! What moto cannot show: it serves a presigned URL without checking its signature or its
 //! expiry (its S3 authenticates only the Authorization header), so a URL that has outlived
 //! X-Amz-Expires still works against it. The lifetime the URL carries is checked instead.
 
+use std::io::Read;
 use std::time::Duration;
 
 use mlgw::artifacts::{ArtifactError, ArtifactKind, ArtifactStore, UploadHeader};
@@ -25,7 +26,7 @@ fn query(url: &str, key: &str) -> Option<String> {
 }
 
 #[tokio::test]
-async fn a_presigned_url_fetches_the_content_with_plain_http_for_its_lifetime() {
+async fn presigned_urls_blocking_reads_and_published_outputs() {
     let moto = Moto::start(BUCKET).await;
     for (k, v) in moto.gateway_env() {
         // SAFETY: the only test in this binary, on a current-thread runtime: no other thread
@@ -98,4 +99,43 @@ async fn a_presigned_url_fetches_the_content_with_plain_http_for_its_lifetime() 
         .await
         .unwrap_err();
     assert!(matches!(e, ArtifactError::NotFound(_)), "{e}");
+
+    // A blocking reader, as unpacking on the blocking pool reads it.
+    let mut r = store.open_blocking("default", &a.uri).await.unwrap();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut v = Vec::new();
+        r.read_to_end(&mut v).map(|_| v)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(read, body);
+
+    // A job's outputs: every regular file, under the tenant's outputs prefix; never what a
+    // link planted among them points at.
+    let out = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(out.path().join("sub")).unwrap();
+    std::fs::write(out.path().join("model.joblib"), b"model").unwrap();
+    std::fs::write(out.path().join("sub/metrics.json"), b"{}").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", out.path().join("passwd")).unwrap();
+    let uri = store
+        .publish_dir("default", "mlgw-job1", out.path())
+        .await
+        .unwrap();
+    assert_eq!(uri, format!("s3://{BUCKET}/p/default/outputs/mlgw-job1/"));
+    assert!(store.owns(&uri));
+    let mut keys = moto.keys(BUCKET, "p/default/outputs/").await;
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "p/default/outputs/mlgw-job1/model.joblib",
+            "p/default/outputs/mlgw-job1/sub/metrics.json"
+        ]
+    );
+    assert_eq!(
+        moto.get(BUCKET, "p/default/outputs/mlgw-job1/model.joblib")
+            .await,
+        b"model"
+    );
 }
