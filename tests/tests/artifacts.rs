@@ -231,20 +231,18 @@ async fn round_trip(store: Store) {
     let mut c = s.gw.artifacts().await;
     let bytes = content(2 * MIB + 12345, 1);
     let digest = sha256(&bytes);
-    let a = upload(
-        &mut c,
-        header("model.bin", pb::ArtifactKind::File, &bytes),
-        &bytes,
-    )
-    .await
-    .unwrap();
+    // A name for people, with what HTTP headers (S3 metadata) cannot carry as it is.
+    let name = "modèle v1.bin";
+    let a = upload(&mut c, header(name, pb::ArtifactKind::File, &bytes), &bytes)
+        .await
+        .unwrap();
     assert_eq!(
         (a.sha256.as_str(), a.size, a.kind, a.name.as_str()),
         (
             digest.as_str(),
             bytes.len() as u64,
             pb::ArtifactKind::File as i32,
-            "model.bin"
+            name
         )
     );
     match store {
@@ -282,7 +280,17 @@ async fn round_trip(store: Store) {
     assert_eq!(again, a);
     assert_eq!(s.stored().await.len(), 1, "{:?}", s.stored().await);
 
+    // A tarball first sent as a file, then as a directory: checked as one, it is one from
+    // then on — the same object, the same URI.
     let tgz = code_tarball();
+    let f = upload(
+        &mut c,
+        header("src.tgz", pb::ArtifactKind::File, &tgz),
+        &tgz,
+    )
+    .await
+    .unwrap();
+    assert_eq!(f.kind, pb::ArtifactKind::File as i32);
     let d = upload(
         &mut c,
         header("src", pb::ArtifactKind::Directory, &tgz),
@@ -291,6 +299,14 @@ async fn round_trip(store: Store) {
     .await
     .unwrap();
     assert_eq!(d.kind, pb::ArtifactKind::Directory as i32);
+    assert_eq!(
+        (d.uri.as_str(), d.name.as_str()),
+        (f.uri.as_str(), "src.tgz")
+    );
+    assert_eq!(
+        stat(&mut c, &d.uri).await.unwrap().kind,
+        pb::ArtifactKind::Directory as i32
+    );
     assert_eq!(s.read_back(&d.uri).await, tgz);
     // Unpacked as a target will: through the store's own reader, with the tar crate.
     let unpacked = tempfile::tempdir().unwrap();
