@@ -1,8 +1,15 @@
-//! A real S3 API on loopback for the artifact store's tests: moto's server from the test venv
-//! (`moto[server]` in tests/requirements.txt), one per test so each starts from an empty S3,
-//! stopped when dropped. Its S3 is real HTTP with SigV4-signed requests; the gateway reaches
-//! it through its own endpoint setting and the credentials `gateway_env` hands it.
+//! Real S3 APIs on loopback for the artifact store's tests, one per test so each starts from an
+//! empty S3, stopped when dropped. Their S3 is real HTTP with SigV4-signed requests; the
+//! gateway reaches it through its own endpoint setting and the credentials `gateway_env`
+//! hands it.
+//!
+//! - `Moto`: moto's server from the test venv (`moto[server]` in tests/requirements.txt), for
+//!   everything but one thing: it serves a presigned URL without checking its signature or
+//!   expiry (its S3 authenticates the Authorization header only).
+//! - `S3rver`: s3rver from npm (tests/s3rver/setup installs it once), which refuses a
+//!   presigned URL past its X-Amz-Expires as S3 does.
 
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -11,10 +18,10 @@ use aws_sdk_s3::config::{Credentials, Region};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// Test values only: moto takes any; the point is that the gateway finds them through the
-/// standard AWS chain, as it would real ones.
-pub const ACCESS_KEY_ID: &str = "mlgw-test-key";
-pub const SECRET_ACCESS_KEY: &str = "mlgw-test-secret";
+/// Test values only: s3rver's fixed ones (moto takes any). The point is that the gateway finds
+/// them through the standard AWS chain, as it would real ones.
+pub const ACCESS_KEY_ID: &str = "S3RVER";
+pub const SECRET_ACCESS_KEY: &str = "S3RVER";
 pub const REGION: &str = "us-east-1";
 
 pub struct Moto {
@@ -123,6 +130,62 @@ impl Moto {
             .await
             .unwrap_or_else(|e| panic!("reading s3://{bucket}/{key}: {e:?}"));
         out.body.collect().await.unwrap().into_bytes().to_vec()
+    }
+}
+
+/// s3rver on a free loopback port, with `bucket` made at its start, its data in a temporary
+/// directory.
+pub struct S3rver {
+    _child: Child,
+    _data: tempfile::TempDir,
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+}
+
+impl S3rver {
+    pub async fn start(bucket: &str) -> Self {
+        let setup = Path::new(env!("CARGO_MANIFEST_DIR")).join("s3rver/setup");
+        let out = Command::new(&setup)
+            .stderr(Stdio::inherit())
+            .output()
+            .await
+            .expect("running tests/s3rver/setup");
+        assert!(out.status.success(), "tests/s3rver/setup failed");
+        let entry = String::from_utf8(out.stdout).unwrap();
+        let entry = entry
+            .lines()
+            .last()
+            .expect("setup names s3rver's entry point");
+        let data = tempfile::tempdir().unwrap();
+        let mut child = Command::new("node")
+            .arg(entry)
+            .arg("-d")
+            .arg(data.path())
+            .args(["-a", "127.0.0.1", "-p", "0", "--no-vhost-buckets"])
+            .args(["--configure-bucket", bucket])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting s3rver with node");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let endpoint = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(l)) = lines.next_line().await {
+                if let Some(addr) = l.strip_prefix("S3rver listening on ") {
+                    return Some(format!("http://{}", addr.trim()));
+                }
+            }
+            None
+        })
+        .await
+        .expect("s3rver did not start within 60 s")
+        .expect("s3rver exited before it was serving");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            _child: child,
+            _data: data,
+            endpoint,
+        }
     }
 }
 

@@ -4,16 +4,16 @@
 //! out), and it finds its credentials where the gateway does, in the environment — so this is
 //! the only test in its binary, and the environment is set before anything else here reads it.
 //!
-//! What moto cannot show: it serves a presigned URL without checking its signature or its
-//! expiry (its S3 authenticates only the Authorization header), so a URL that has outlived
-//! X-Amz-Expires still works against it. The lifetime the URL carries is checked instead.
+//! Moto serves a presigned URL without checking its signature or its expiry (its S3
+//! authenticates only the Authorization header), so that a URL stops working after its
+//! lifetime is shown against s3rver, which refuses it as S3 does.
 
 use std::io::Read;
 use std::time::Duration;
 
 use mlgw::artifacts::{ArtifactError, ArtifactKind, ArtifactStore, UploadHeader};
 use mlgw::config::{ArtifactStoreKind, ArtifactsConfig, S3StoreConfig};
-use mlgw_tests::moto::{self, Moto};
+use mlgw_tests::moto::{self, Moto, S3rver};
 
 const BUCKET: &str = "mlgw-presign";
 
@@ -27,6 +27,8 @@ fn query(url: &str, key: &str) -> Option<String> {
 
 #[tokio::test]
 async fn presigned_urls_blocking_reads_and_published_outputs() {
+    // Both servers first: the environment is set below, before anything reads it.
+    let s3rver = S3rver::start("presign").await;
     let moto = Moto::start(BUCKET).await;
     for (k, v) in moto.gateway_env() {
         // SAFETY: the only test in this binary, on a current-thread runtime: no other thread
@@ -138,4 +140,62 @@ async fn presigned_urls_blocking_reads_and_published_outputs() {
             .await,
         b"model"
     );
+
+    // A presigned URL works until its lifetime is over, then S3 refuses it.
+    let cfg = ArtifactsConfig {
+        s3: Some(S3StoreConfig {
+            bucket: "presign".into(),
+            prefix: String::new(),
+            region: Some(moto::REGION.into()),
+            endpoint_url: Some(s3rver.endpoint.clone()),
+            force_path_style: true,
+        }),
+        ..cfg
+    };
+    let data = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::open(&cfg, data.path()).await.unwrap();
+    let a = store
+        .upload(
+            "default",
+            UploadHeader {
+                name: "model.bin".into(),
+                kind: Some(ArtifactKind::File),
+                sha256: None,
+                size: None,
+            },
+            Box::pin(futures::stream::iter([Ok(bytes::Bytes::from_static(body))])),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.uri, format!("s3://presign/default/sha256/{}", a.sha256));
+    let url = store
+        .presign_get(&a.uri, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let resp = reqwest::get(&url).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap(), body);
+    let refusal = mlgw_tests::wait_for(
+        Duration::from_secs(30),
+        "the presigned URL to stop working",
+        || {
+            let url = url.clone();
+            async move {
+                let r = reqwest::get(&url).await.ok()?;
+                if r.status() == 200 {
+                    return None;
+                }
+                Some((r.status(), r.text().await.unwrap_or_default()))
+            }
+        },
+    )
+    .await;
+    assert_eq!(refusal.0, 403, "{}", refusal.1);
+    assert!(refusal.1.contains("Request has expired"), "{}", refusal.1);
+    // The object is still there: a new URL fetches it again.
+    let url = store
+        .presign_get(&a.uri, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
 }
