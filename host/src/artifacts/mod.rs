@@ -265,7 +265,8 @@ impl ArtifactStore {
     }
 
     /// A URL that GETs the content until it expires (S3 only; the directory store answers
-    /// Unsupported). `ttl` is cut to `presign_max_seconds`.
+    /// Unsupported). `uri` is an s3:// URI of this store — an artifact's, or a published
+    /// output file's — which must exist; `ttl` is cut to `presign_max_seconds`.
     pub async fn presign_get(&self, uri: &str, ttl: Duration) -> Result<String, ArtifactError> {
         check_uri(uri)?;
         if ttl.is_zero() {
