@@ -335,9 +335,10 @@ class CorruptingArtifactService(artifacts_pb2_grpc.ArtifactServiceServicer):
 def serve() -> Iterator[object]:
     servers: list[grpc.Server] = []
 
-    def start(service: CorruptingArtifactService) -> str:
+    def start(service: CorruptingArtifactService | None) -> str:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server(service, server)
+        if service is not None:
+            artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server(service, server)
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
         servers.append(server)
@@ -346,6 +347,18 @@ def serve() -> Iterator[object]:
     yield start
     for s in servers:
         s.stop(grace=None)
+
+
+def test_a_gateway_without_an_artifact_store_says_so(tmp_path: Path, serve: object) -> None:
+    """A gRPC server without the ArtifactService stands in for an older gateway."""
+    address = serve(None)  # type: ignore[operator]
+    src = write(tmp_path / "src", {"train.py": "x"})
+    with mlgw.Client(address, timeout=10) as c:
+        with pytest.raises(mlgw.Unsupported, match="no artifact store") as e:
+            c.upload(src)
+        assert e.value.code == grpc.StatusCode.UNIMPLEMENTED and address in e.value.message
+        with pytest.raises(mlgw.Unsupported, match="ArtifactService"):
+            c.train(["python", "train.py"], code=src)
 
 
 @pytest.mark.parametrize("fault", ["other-bytes", "cut-off"])

@@ -35,7 +35,7 @@ from . import _display
 from ._common import progress_class, timestamp, to_pandas
 from ._proto.mlgw.v1 import artifacts_pb2
 from ._stream import pump
-from .errors import InvalidSpec, MlgwError, NotFound, from_rpc_error
+from .errors import InvalidSpec, MlgwError, NotFound, Unsupported, from_rpc_error
 
 if TYPE_CHECKING:
     from .client import Client
@@ -339,6 +339,13 @@ def upload(
             return Artifact(client, known)
     except NotFound:
         pass
+    except Unsupported as e:
+        # A gateway without the service answers a bare UNIMPLEMENTED, which says nothing.
+        raise Unsupported(
+            f"the gateway at {client.address} has no artifact store (ArtifactService); "
+            f"it is older than this SDK ({e.message})",
+            e.code,
+        ) from None
     bar = _bar(packed.size, f"uploading {packed.name}", progress)
 
     def requests() -> Iterator[artifacts_pb2.UploadRequest]:
