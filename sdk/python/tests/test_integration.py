@@ -3,8 +3,11 @@ processes, a real MLServer, real failures."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -519,3 +522,200 @@ def test_mixed_dataframe_and_string_outputs(client: mlgw.Client, gateway: Gatewa
         assert got.dtype == object and got.ravel().tolist() == ["hot", "cold"]
     finally:
         ep.delete()
+
+
+# -- artifacts ----------------------------------------------------------------------------------
+
+
+def untar(path: Path) -> dict[str, bytes | None]:
+    """An archive's members: file contents, None for directories and links."""
+    with tarfile.open(path) as tar:
+        return {
+            m.name: (tar.extractfile(m).read() if m.isfile() else None)  # type: ignore[union-attr]
+            for m in tar.getmembers()
+        }
+
+
+def test_upload_stat_list_download_a_file(
+    client: mlgw.Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    content = os.urandom(5 * 1024 * 1024 + 123)  # several chunks, and a progress bar
+    sha = hashlib.sha256(content).hexdigest()
+    f = tmp_path / "model.bin"
+    f.write_bytes(content)
+
+    art = client.upload(f)
+    assert "uploading model.bin" in capsys.readouterr().err
+    assert isinstance(art, mlgw.Artifact)
+    assert (art.kind, art.name, art.size, art.sha256) == ("file", "model.bin", len(content), sha)
+    assert art.uri.startswith("file://") and art.created_at is not None
+
+    assert client.artifact(art.uri) == art
+    by_hash = client.artifact(f"sha256:{sha}")
+    assert (by_hash.uri, by_hash.size, by_hash.kind) == (art.uri, art.size, "file")
+    assert art.refresh() is art and art.sha256 == sha
+    listed = client.artifacts()
+    assert isinstance(listed, mlgw.ArtifactList) and art in listed
+    assert listed[0].created_at >= listed[-1].created_at  # newest first
+    assert len(client.artifacts(limit=1)) == 1
+    df = listed.to_pandas()
+    assert {"uri", "name", "kind", "size", "sha256"} <= set(df.columns)
+    assert art.uri in set(df["uri"])
+    assert "model.bin" in listed._repr_html_() and sha in art._repr_html_()
+    assert repr(art).startswith("Artifact(uri=")
+
+    back = art.download(tmp_path / "back.bin")
+    assert back == tmp_path / "back.bin" and back.read_bytes() == content
+    assert "downloading model.bin" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back.bin", "model.bin"]
+
+    # The same bytes again: the same artifact, and nothing sent (no progress bar).
+    again = client.upload(f, name="other-name")
+    assert again.uri == art.uri and again.sha256 == sha
+    assert "uploading" not in capsys.readouterr().err
+    assert [a.uri for a in client.artifacts() if a.sha256 == sha] == [art.uri]
+
+
+def make_code(root: Path, greeting: str = "hello") -> Path:
+    (root / "pkg").mkdir(parents=True)
+    (root / "train.py").write_text(
+        "import os, pkg.helper\n"
+        "print(pkg.helper.GREETING, open('data/words.txt').read().strip(), flush=True)\n"
+        "print('files', ' '.join(sorted(os.listdir('.'))), flush=True)\n"
+    )
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "helper.py").write_text(f"GREETING = {greeting!r}\n")
+    (root / "data").mkdir()
+    (root / "data" / "words.txt").write_text("from the code dir\n")
+    (root / ".gitignore").write_text("*.ckpt\nout/\n")
+    (root / ".mlgwignore").write_text("secrets.env\n")
+    (root / "big.ckpt").write_text("ignored")
+    (root / "secrets.env").write_text("TOKEN=ignored")
+    (root / "out").mkdir()
+    (root / "out" / "old.bin").write_text("ignored")
+    (root / ".git").mkdir()
+    (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    return root
+
+
+def test_upload_and_download_a_directory(client: mlgw.Client, tmp_path: Path) -> None:
+    greeting = f"hi-{time.time_ns()}"
+    src = make_code(tmp_path / "src", greeting)
+    art = client.upload(src, progress=False)
+    assert (art.kind, art.name) == ("directory", "src")
+    assert client.artifact(art.uri) == art
+
+    archive = art.download(tmp_path / "src.tar.gz", progress=False)
+    got = untar(archive)
+    assert sorted(got) == [
+        ".gitignore",
+        ".mlgwignore",
+        "data",
+        "data/words.txt",
+        "pkg",
+        "pkg/__init__.py",
+        "pkg/helper.py",
+        "train.py",
+    ]
+    assert got["data/words.txt"] == b"from the code dir\n"
+
+    # The same tree elsewhere, written later: the same artifact.
+    twin = make_code(tmp_path / "elsewhere" / "code", greeting)
+    assert client.upload(twin, progress=False).uri == art.uri
+    (twin / "train.py").write_text("print('changed')\n")
+    assert client.upload(twin, progress=False).uri != art.uri
+
+
+def test_artifact_refusals(client: mlgw.Client, tmp_path: Path) -> None:
+    before = len(client.artifacts())
+    src = make_code(tmp_path / "src")
+    (src / "leak").symlink_to("/etc/passwd")
+    with pytest.raises(mlgw.InvalidSpec) as e:
+        client.upload(src)
+    assert e.value.field == "path" and e.value.code is None and str(src / "leak") in str(e.value)
+    assert len(client.artifacts()) == before  # nothing was sent
+    with pytest.raises(mlgw.NotFound):
+        client.artifact("sha256:" + "0" * 64)
+    with pytest.raises(mlgw.InvalidSpec) as e:
+        client.artifact("not an artifact uri")
+    assert e.value.field == "uri" and e.value.code is not None
+
+
+def test_train_with_code_then_deploy_the_job(
+    client: mlgw.Client,
+    gateway: Gateway,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cleanup: list[mlgw.Job | mlgw.Endpoint],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    src = make_code(tmp_path / "src")
+    (src / "train.py").write_text(
+        (src / "train.py").read_text()
+        + "import joblib, os\n"
+        + "from sklearn.datasets import load_iris\n"
+        + "from sklearn.linear_model import LogisticRegression\n"
+        + "X, y = load_iris(return_X_y=True)\n"
+        + "model = LogisticRegression(max_iter=500).fit(X, y)\n"
+        + "joblib.dump(model, os.path.join(os.environ['MLGW_OUTPUT_DIR'], 'model.joblib'))\n"
+    )
+    # A relative code directory and a relative script: the command runs in the unpacked code.
+    job = client.train([gateway.python, "train.py"], code="./src", name="sdk-code")
+    cleanup.append(job)
+    assert job.code_uri and job.proto.spec.code_uri == job.code_uri
+    code = client.artifact(job.code_uri)
+    assert code.kind == "directory" and code.name == "src"
+    job.wait(timeout=180, progress=False)
+    lines = list(job.logs())
+    assert lines[0] == "hello from the code dir", lines
+    files = set(lines[1].split()[1:])
+    assert {".gitignore", ".mlgwignore", "data", "pkg", "train.py"} <= files, lines
+    assert not files & {"big.ckpt", "secrets.env", "out", ".git"}, lines
+
+    want = model_predictions(gateway.python, job.output_uri.removeprefix("file://"), ROWS)
+    ep = client.deploy(job, model_format="sklearn", name="sdk-code-iris")
+    cleanup.append(ep)
+    ep.wait_ready(timeout=180)
+    assert ep.predict(ROWS).ravel().tolist() == want
+    ep.delete()
+
+
+def test_code_as_an_artifact_or_its_uri(
+    client: mlgw.Client, gateway: Gateway, tmp_path: Path
+) -> None:
+    art = client.upload(make_code(tmp_path / "src", greeting="by artifact"), progress=False)
+    for code in (art, art.uri, f"sha256:{art.sha256}"):
+        job = client.train([gateway.python, "train.py"], code=code).wait(timeout=60, progress=False)
+        assert next(iter(job.logs())) == "by artifact from the code dir", code
+    assert client.artifact(job.code_uri).sha256 == art.sha256
+
+
+def test_code_refusals_submit_nothing(client: mlgw.Client, tmp_path: Path) -> None:
+    before = len(client.jobs())
+    src = make_code(tmp_path / "src")
+    (src / "data" / "link").symlink_to(tmp_path)
+    with pytest.raises(mlgw.InvalidSpec) as e:
+        client.train(["python", "train.py"], code=src)
+    assert e.value.field == "spec.code_uri" and str(src / "data" / "link") in e.value.message
+    with pytest.raises(mlgw.InvalidSpec) as e:
+        client.train(["python", "train.py"], code=tmp_path / "missing")
+    assert e.value.field == "spec.code_uri"
+    model = tmp_path / "m.bin"
+    model.write_bytes(b"m")
+    with pytest.raises(mlgw.InvalidSpec, match="file artifact"):
+        client.train(["python", "train.py"], code=client.upload(model))
+    assert len(client.jobs()) == before
+
+
+def test_deploy_by_job_id(
+    client: mlgw.Client,
+    gateway: Gateway,
+    trained: mlgw.Job,
+    cleanup: list[mlgw.Job | mlgw.Endpoint],
+) -> None:
+    want = model_predictions(gateway.python, trained.output_uri.removeprefix("file://"), ROWS)
+    ep = client.deploy(trained.id, model_format="sklearn", name="sdk-by-id")
+    cleanup.append(ep)
+    ep.wait_ready(timeout=180)
+    assert ep.predict(ROWS).ravel().tolist() == want
+    ep.delete()

@@ -62,6 +62,12 @@ def test_example_notebook_runs(
     assert "epoch 0: warming up" in outputs and "training accuracy" in outputs
     assert "['setosa', 'virginica']" in outputs
     assert "not configured here:" in outputs and "unsupported:" in outputs
+    # The code went with the job as an artifact, the script named relative to it.
+    with mlgw.Client(gateway.address) as c:
+        job = next(j for j in c.jobs() if j.name == "iris")  # the newest
+        assert job.state == "succeeded" and job.command[1:] == ["train.py"], job
+        code = c.artifact(job.code_uri)
+        assert code.kind == "directory" and code.name == "iris_src"
     # Rich display: the job, endpoint and lists rendered as HTML tables.
     html = [
         o["data"]["text/html"]

@@ -2,14 +2,18 @@
 
 >>> import mlgw
 >>> client = mlgw.Client()                 # $MLGW_SERVER, else localhost:50051
->>> job = client.train(["python", "/abs/train.py"], hyperparameters={"C": 0.5})
+>>> job = client.train(["python", "train.py"], code="./src", hyperparameters={"C": 0.5})
 >>> job.wait()                             # progress display; raises JobFailed on failure
->>> ep = client.deploy(job.output_uri, model_format="sklearn", name="iris").wait_ready()
+>>> ep = client.deploy(job, model_format="sklearn", name="iris").wait_ready()
 >>> ep.predict([[5.1, 3.5, 1.4, 0.2]])     # numpy, pandas or lists in; numpy out
 
-Change ``target=`` (see ``client.targets()``) to run the same code elsewhere.
+``code=`` packs and uploads the directory (``.gitignore``/``.mlgwignore`` honoured) and the
+command runs in it on whichever target runs the job; ``client.upload()`` stores any file or
+directory in the gateway's artifact store. Change ``target=`` (see ``client.targets()``) to
+run the same code elsewhere.
 """
 
+from .artifacts import Artifact, ArtifactKind, ArtifactList
 from .client import DEFAULT_ADDRESS, Client
 from .endpoint import Endpoint, EndpointList, EndpointState
 from .errors import (
@@ -37,6 +41,9 @@ __all__ = [
     "DEFAULT_ADDRESS",
     "FEATURES",
     "AlreadyExists",
+    "Artifact",
+    "ArtifactKind",
+    "ArtifactList",
     "Client",
     "Endpoint",
     "EndpointFailed",

@@ -27,3 +27,15 @@ def to_pandas(rows: Iterable[Mapping[str, Any]], columns: Iterable[str]) -> Any:
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("to_pandas() needs pandas: pip install 'mlgw[pandas]'") from e
     return pd.DataFrame(list(rows), columns=list(columns))
+
+
+def progress_class() -> Any:
+    """tqdm's class for progress displays: the notebook widget in Jupyter, text elsewhere."""
+    # tqdm.auto picks the notebook widget in Jupyter, but only works well with ipywidgets
+    # installed; without them it warns and falls back to text, so choose text directly.
+    try:
+        import ipywidgets  # noqa: F401
+        from tqdm.auto import tqdm
+    except ImportError:
+        from tqdm import tqdm
+    return tqdm

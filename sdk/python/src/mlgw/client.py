@@ -7,11 +7,14 @@ import json
 import os
 import shlex
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 
 from ._proto.mlgw.v1 import (
+    artifacts_pb2,
+    artifacts_pb2_grpc,
     common_pb2,
     serving_pb2,
     serving_pb2_grpc,
@@ -21,9 +24,11 @@ from ._proto.mlgw.v1 import (
     training_pb2_grpc,
 )
 from ._stream import open_stream
+from .artifacts import Artifact, ArtifactList, is_uri, pack
+from .artifacts import upload as _upload
 from .endpoint import STATE_VALUES as ENDPOINT_STATE_VALUES
 from .endpoint import STATES as ENDPOINT_STATES
-from .endpoint import Endpoint, EndpointList, non_negative, percent
+from .endpoint import Endpoint, EndpointList, model_ref, non_negative, percent
 from .endpoint import predict as _predict
 from .errors import InvalidSpec, MlgwError, from_rpc_error
 from .job import STATE_VALUES as JOB_STATE_VALUES
@@ -134,6 +139,7 @@ class Client:
         self._training = training_pb2_grpc.TrainingServiceStub(self._channel)
         self._serving = serving_pb2_grpc.ServingServiceStub(self._channel)
         self._targets = targets_pb2_grpc.TargetServiceStub(self._channel)
+        self._artifacts = artifacts_pb2_grpc.ArtifactServiceStub(self._channel)
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -173,12 +179,13 @@ class Client:
         self,
         command: str | Sequence[str],
         *,
+        code: str | os.PathLike[str] | Artifact | None = None,
         target: str | None = None,
         name: str | None = None,
         image: str | None = None,
         env: Mapping[str, Any] | None = None,
         hyperparameters: Mapping[str, Any] | None = None,
-        inputs: Mapping[str, str] | None = None,
+        inputs: Mapping[str, str | Artifact] | None = None,
         output: str | None = None,
         gpus: int = 0,
         cpu: str | None = None,
@@ -195,7 +202,12 @@ class Client:
         follows it to the end.
 
         :param command: the program and its arguments, as a list or a shell-style string
-            (split with :func:`shlex.split`, not run through a shell).
+            (split with :func:`shlex.split`, not run through a shell). With ``code``, it runs
+            in the unpacked code directory, so ``["python", "train.py"]`` finds the script.
+        :param code: the job's code, sent with it to whichever target runs it: a local
+            directory (packed and uploaded, see :meth:`upload`; the same tree is sent once), an
+            :class:`Artifact` of kind ``directory``, or an artifact URI (``file://…``,
+            ``s3://…``, ``sha256:…``) used as is.
         :param target: a target name (see :meth:`targets`); ``None`` is the gateway's default.
         :param name: a human name; need not be unique.
         :param image: a container image (container targets; ``local`` ignores it).
@@ -203,7 +215,8 @@ class Client:
         :param hyperparameters: passed to the job (on ``local``: ``$MLGW_HP_<KEY>`` and the
             JSON file at ``$MLGW_HYPERPARAMETERS``). Values are sent as strings: ``str`` as is,
             numbers with ``repr``, booleans as ``true``/``false``, anything else as JSON.
-        :param inputs: input channels, name to URI (on ``local``: ``$MLGW_INPUT_<NAME>``).
+        :param inputs: input channels, name to URI or :class:`Artifact` (on ``local``:
+            ``$MLGW_INPUT_<NAME>``).
         :param output: where the job's output goes; ``None`` lets the target choose.
         :param gpus: GPUs per node.
         :param cpu: CPU per node, Kubernetes quantity syntax (``"2"``, ``"500m"``).
@@ -224,7 +237,10 @@ class Client:
             args=[str(a) for a in (args or ())],
             env={str(k): str(v) for k, v in (env or {}).items()},
             hyperparameters={str(k): _hp_value(v) for k, v in (hyperparameters or {}).items()},
-            inputs=[training_pb2.InputChannel(name=k, uri=v) for k, v in (inputs or {}).items()],
+            inputs=[
+                training_pb2.InputChannel(name=k, uri=v.uri if isinstance(v, Artifact) else v)
+                for k, v in (inputs or {}).items()
+            ],
             output_uri=output or "",
             resources=common_pb2.Resources(
                 cpu=cpu or "",
@@ -237,10 +253,31 @@ class Client:
             max_runtime_seconds=_seconds("spec.max_runtime_seconds", max_runtime),
             framework=framework or "",
         )
+        # Last: a spec refused above must not cost an upload first.
+        spec.code_uri = self._code_uri(code)
         req = training_pb2.SubmitJobRequest(
             target=target or "", spec=spec, idempotency_key=idempotency_key or ""
         )
         return Job(self, self._call(self._training.Submit, req))
+
+    def _code_uri(self, code: str | os.PathLike[str] | Artifact | None) -> str:
+        field = "spec.code_uri"
+        if code is None:
+            return ""
+        if isinstance(code, Artifact):
+            if code.kind == "file":
+                raise InvalidSpec(
+                    f"{field}: {code.uri} is a file artifact; code must be a directory", field
+                )
+            return code.uri
+        if isinstance(code, str) and is_uri(code):
+            return code
+        path = Path(code)
+        if not path.is_dir():
+            what = "not a directory" if path.exists() else "does not exist"
+            raise InvalidSpec(f"{field}: {path} {what}; code must be a directory", field)
+        with pack(path, field=field) as packed:
+            return _upload(self, packed).uri
 
     def get_job(self, id: str) -> Job:
         """The job with this id; :class:`~mlgw.NotFound` if there is none."""
@@ -276,7 +313,7 @@ class Client:
 
     def deploy(
         self,
-        model_uri: str,
+        model: str | Job | Artifact,
         *,
         model_format: str,
         name: str,
@@ -296,7 +333,8 @@ class Client:
         """Deploys a model as an endpoint and returns it (usually ``creating``);
         :meth:`Endpoint.wait_ready` waits until it serves.
 
-        :param model_uri: where the model is, e.g. a training job's ``output_uri``.
+        :param model: the model: a finished training :class:`Job` (or its id), whose output
+            the gateway deploys; an :class:`Artifact`; or a URI (``file://…``, ``s3://…``).
         :param model_format: ``"sklearn"``, ``"xgboost"``, ``"onnx"``, ``"pytorch"``, ...
         :param name: unique among live endpoints; also the model's name on the model server.
         :param target: a target name; ``None`` is the gateway's default.
@@ -306,7 +344,7 @@ class Client:
         """
         spec = serving_pb2.EndpointSpec(
             name=name,
-            model_uri=model_uri,
+            model_uri=model_ref(model),
             model_format=model_format,
             runtime=runtime or "",
             image=image or "",
@@ -387,6 +425,55 @@ class Client:
             request_id=request_id,
             timeout=timeout,
         )
+
+    # -- artifacts ----------------------------------------------------------------------------
+
+    def upload(
+        self,
+        path: str | os.PathLike[str],
+        name: str | None = None,
+        *,
+        progress: bool = True,
+        timeout: float | None = None,
+    ) -> Artifact:
+        """Stores a file or a directory in the gateway's artifact store and returns it.
+
+        A file goes as it is; a directory as a gzip tar archive of what is in it, honouring
+        the ``.gitignore`` and ``.mlgwignore`` files found in it and leaving out ``.git`` and
+        ``__pycache__`` (see :mod:`mlgw.artifacts`). A symbolic link is kept only if it
+        leads inside the directory: one leading out of it is refused with
+        :class:`~mlgw.InvalidSpec` naming it, before anything is sent. Packing is
+        deterministic and the store content-addressed, so the same tree is stored and sent
+        once; uploading it again returns the same artifact.
+
+        :param name: a label for people; defaults to the path's last component.
+        :param progress: a progress bar for uploads of a few MiB or more.
+        :param timeout: seconds for the whole transfer; ``None`` for no limit.
+        """
+        with pack(path, name) as packed:
+            return _upload(self, packed, progress=progress, timeout=timeout)
+
+    def artifact(self, uri: str) -> Artifact:
+        """The artifact with this URI (as :meth:`upload` returned it, or ``sha256:<hex>``);
+        :class:`~mlgw.NotFound` if the store has none."""
+        req = artifacts_pb2.StatArtifactRequest(uri=uri)
+        return Artifact(self, self._call(self._artifacts.Stat, req))
+
+    def artifacts(self, *, limit: int | None = None) -> ArtifactList:
+        """The caller's artifacts, newest first, at most ``limit``."""
+        out = ArtifactList()
+        token = ""
+        while limit is None or len(out) < limit:
+            page = 1000 if limit is None else min(1000, limit - len(out))
+            resp = self._call(
+                self._artifacts.List,
+                artifacts_pb2.ListArtifactsRequest(page_size=page, page_token=token),
+            )
+            out.extend(Artifact(self, a) for a in resp.artifacts)
+            token = resp.next_page_token
+            if not token:
+                break
+        return out if limit is None else ArtifactList(out[:limit])
 
     # -- targets ------------------------------------------------------------------------------
 

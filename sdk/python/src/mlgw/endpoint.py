@@ -12,7 +12,9 @@ import numpy as np
 from . import _display
 from ._common import timestamp, to_pandas
 from ._proto.mlgw.v1 import common_pb2, serving_pb2
+from .artifacts import Artifact
 from .errors import EndpointFailed, InvalidSpec, Timeout
+from .job import Job
 from .tensors import decode_outputs, encode_inputs
 
 if TYPE_CHECKING:
@@ -44,6 +46,16 @@ def non_negative(field: str, value: int | None) -> int:
     if value < 0:
         raise InvalidSpec(f"{field}: must not be negative", field)
     return int(value)
+
+
+def model_ref(model: str | Job | Artifact) -> str:
+    """What an endpoint spec's ``model_uri`` says for a model: a job's id (the gateway deploys
+    that job's output), an artifact's URI, or the string given (a URI or a job id)."""
+    if isinstance(model, Job):
+        return model.id
+    if isinstance(model, Artifact):
+        return model.uri
+    return model
 
 
 def percent(value: int) -> int:
@@ -105,7 +117,8 @@ class Endpoint:
 
     @property
     def state(self) -> EndpointState:
-        """``creating``, ``ready``, ``updating``, ``failed`` or ``deleted``."""
+        """``creating``, ``ready``, ``updating``, ``degraded`` (serving, but failing readiness
+        probes since it was ready), ``failed`` or ``deleted``."""
         return STATES.get(self._pb.state, "unknown")
 
     @property
@@ -212,7 +225,7 @@ class Endpoint:
 
     def update(
         self,
-        model_uri: str | None = None,
+        model_uri: str | Job | Artifact | None = None,
         canary_percent: int | None = None,
         *,
         model_format: str | None = None,
@@ -225,13 +238,15 @@ class Endpoint:
         memory: str | None = None,
     ) -> Endpoint:
         """Rolls the endpoint to a new model, scale or canary split; it keeps serving while
-        the rollout runs (state ``updating``; :meth:`wait_ready` waits for it).
+        the rollout runs (state ``updating``; :meth:`wait_ready` waits for it). ``model_uri``
+        takes what :meth:`Client.deploy` takes: a URI, a finished :class:`Job` or its id, or an
+        :class:`Artifact`.
 
         Arguments left ``None`` keep their current value, ``canary_percent`` included (no
         canary stays none: a full rollout). ``canary_percent`` sends that share of traffic to
         the new revision; ``100`` promotes it to all traffic, ending the canary."""
         spec = serving_pb2.EndpointSpec(
-            model_uri=model_uri or "",
+            model_uri=model_ref(model_uri) if model_uri is not None else "",
             model_format=model_format or "",
             runtime=runtime or "",
             image=image or "",

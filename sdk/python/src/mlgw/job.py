@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import _display
-from ._common import timestamp, to_pandas
+from ._common import progress_class, timestamp, to_pandas
 from ._proto.mlgw.v1 import training_pb2
 from ._stream import TICK, pump
 from .errors import JobCancelled, JobFailed, MlgwError, Timeout, Unavailable
@@ -50,14 +50,7 @@ class LogLine:
 
 
 def _progress_bar(desc: str) -> Any:
-    # tqdm.auto picks the notebook widget in Jupyter, but only works well with ipywidgets
-    # installed; without them it warns and falls back to text, so choose text directly.
-    try:
-        import ipywidgets  # noqa: F401
-        from tqdm.auto import tqdm
-    except ImportError:
-        from tqdm import tqdm
-    return tqdm(
+    return progress_class()(
         total=None,
         desc=desc,
         bar_format="{desc}: {postfix} [{elapsed}]",
@@ -112,6 +105,11 @@ class Job:
     def output_uri(self) -> str:
         """Where the job's output (its model) is, e.g. ``file:///.../output``."""
         return self._pb.output_uri
+
+    @property
+    def code_uri(self) -> str:
+        """The artifact holding the job's code (``train(code=...)``); empty without one."""
+        return self._pb.spec.code_uri
 
     @property
     def command(self) -> list[str]:
@@ -295,6 +293,7 @@ class Job:
         fields = self.to_dict()
         fields["command"] = " ".join(self.command)
         fields["hyperparameters"] = self.hyperparameters
+        fields["code_uri"] = self.code_uri
         fields["backend_ref"] = self.backend_ref
         return _display.record(f"Job {self.id}", fields)
 

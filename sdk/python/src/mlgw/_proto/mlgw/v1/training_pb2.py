@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mlgw._proto.mlgw.v1 import common_pb2 as mlgw_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mlgw/v1/training.proto\x12\x07mlgw.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14mlgw/v1/common.proto\")\n\x0cInputChannel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\"\xbb\x03\n\x0fTrainingJobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x03(\t\x12\x0c\n\x04\x61rgs\x18\x04 \x03(\t\x12.\n\x03\x65nv\x18\x05 \x03(\x0b\x32!.mlgw.v1.TrainingJobSpec.EnvEntry\x12\x46\n\x0fhyperparameters\x18\x06 \x03(\x0b\x32-.mlgw.v1.TrainingJobSpec.HyperparametersEntry\x12%\n\x06inputs\x18\x07 \x03(\x0b\x32\x15.mlgw.v1.InputChannel\x12\x12\n\noutput_uri\x18\x08 \x01(\t\x12%\n\tresources\x18\t \x01(\x0b\x32\x12.mlgw.v1.Resources\x12\x1b\n\x13max_runtime_seconds\x18\n \x01(\x04\x12\x11\n\tframework\x18\x0b \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x36\n\x14HyperparametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf7\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12&\n\x04spec\x18\x03 \x01(\x0b\x32\x18.mlgw.v1.TrainingJobSpec\x12 \n\x05state\x18\x04 \x01(\x0e\x32\x11.mlgw.v1.JobState\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x15\n\rbackend_state\x18\x06 \x01(\t\x12\x13\n\x0b\x62\x61\x63kend_ref\x18\x07 \x01(\t\x12\x12\n\noutput_uri\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x63\x61ncel_requested\x18\x0c \x01(\x08\x12\x0e\n\x06tenant\x18\r \x01(\t\"c\n\x10SubmitJobRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12&\n\x04spec\x18\x02 \x01(\x0b\x32\x18.mlgw.v1.TrainingJobSpec\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"j\n\x0fListJobsRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12 \n\x05state\x18\x02 \x01(\x0e\x32\x11.mlgw.v1.JobState\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"G\n\x10ListJobsResponse\x12\x1a\n\x04jobs\x18\x01 \x03(\x0b\x32\x0c.mlgw.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1d\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x94\x01\n\x08JobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12 \n\x05state\x18\x02 \x01(\x0e\x32\x11.mlgw.v1.JobState\x12\x0f\n\x07message\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x03job\x18\x05 \x01(\x0b\x32\x0c.mlgw.v1.Job\"<\n\x0eJobLogsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\"a\n\x07LogLine\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\t*\x9b\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xce\x02\n\x0fTrainingService\x12\x31\n\x06Submit\x12\x19.mlgw.v1.SubmitJobRequest\x1a\x0c.mlgw.v1.Job\x12+\n\x03Get\x12\x16.mlgw.v1.GetJobRequest\x1a\x0c.mlgw.v1.Job\x12;\n\x04List\x12\x18.mlgw.v1.ListJobsRequest\x1a\x19.mlgw.v1.ListJobsResponse\x12\x31\n\x06\x43\x61ncel\x12\x19.mlgw.v1.CancelJobRequest\x1a\x0c.mlgw.v1.Job\x12\x36\n\x05Watch\x12\x18.mlgw.v1.WatchJobRequest\x1a\x11.mlgw.v1.JobEvent0\x01\x12\x33\n\x04Logs\x12\x17.mlgw.v1.JobLogsRequest\x1a\x10.mlgw.v1.LogLine0\x01\x42\x1fZ\x1dmlgw.dev/proto/mlgw/v1;mlgwv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mlgw/v1/training.proto\x12\x07mlgw.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14mlgw/v1/common.proto\")\n\x0cInputChannel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\"\xcd\x03\n\x0fTrainingJobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x03(\t\x12\x0c\n\x04\x61rgs\x18\x04 \x03(\t\x12.\n\x03\x65nv\x18\x05 \x03(\x0b\x32!.mlgw.v1.TrainingJobSpec.EnvEntry\x12\x46\n\x0fhyperparameters\x18\x06 \x03(\x0b\x32-.mlgw.v1.TrainingJobSpec.HyperparametersEntry\x12%\n\x06inputs\x18\x07 \x03(\x0b\x32\x15.mlgw.v1.InputChannel\x12\x12\n\noutput_uri\x18\x08 \x01(\t\x12%\n\tresources\x18\t \x01(\x0b\x32\x12.mlgw.v1.Resources\x12\x1b\n\x13max_runtime_seconds\x18\n \x01(\x04\x12\x11\n\tframework\x18\x0b \x01(\t\x12\x10\n\x08\x63ode_uri\x18\x0c \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x36\n\x14HyperparametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf7\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12&\n\x04spec\x18\x03 \x01(\x0b\x32\x18.mlgw.v1.TrainingJobSpec\x12 \n\x05state\x18\x04 \x01(\x0e\x32\x11.mlgw.v1.JobState\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x15\n\rbackend_state\x18\x06 \x01(\t\x12\x13\n\x0b\x62\x61\x63kend_ref\x18\x07 \x01(\t\x12\x12\n\noutput_uri\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x63\x61ncel_requested\x18\x0c \x01(\x08\x12\x0e\n\x06tenant\x18\r \x01(\t\"c\n\x10SubmitJobRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12&\n\x04spec\x18\x02 \x01(\x0b\x32\x18.mlgw.v1.TrainingJobSpec\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"j\n\x0fListJobsRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12 \n\x05state\x18\x02 \x01(\x0e\x32\x11.mlgw.v1.JobState\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"G\n\x10ListJobsResponse\x12\x1a\n\x04jobs\x18\x01 \x03(\x0b\x32\x0c.mlgw.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1d\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x94\x01\n\x08JobEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12 \n\x05state\x18\x02 \x01(\x0e\x32\x11.mlgw.v1.JobState\x12\x0f\n\x07message\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x03job\x18\x05 \x01(\x0b\x32\x0c.mlgw.v1.Job\"<\n\x0eJobLogsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\"a\n\x07LogLine\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\t*\x9b\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xce\x02\n\x0fTrainingService\x12\x31\n\x06Submit\x12\x19.mlgw.v1.SubmitJobRequest\x1a\x0c.mlgw.v1.Job\x12+\n\x03Get\x12\x16.mlgw.v1.GetJobRequest\x1a\x0c.mlgw.v1.Job\x12;\n\x04List\x12\x18.mlgw.v1.ListJobsRequest\x1a\x19.mlgw.v1.ListJobsResponse\x12\x31\n\x06\x43\x61ncel\x12\x19.mlgw.v1.CancelJobRequest\x1a\x0c.mlgw.v1.Job\x12\x36\n\x05Watch\x12\x18.mlgw.v1.WatchJobRequest\x1a\x11.mlgw.v1.JobEvent0\x01\x12\x33\n\x04Logs\x12\x17.mlgw.v1.JobLogsRequest\x1a\x10.mlgw.v1.LogLine0\x01\x42\x1fZ\x1dmlgw.dev/proto/mlgw/v1;mlgwv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,36 +38,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAININGJOBSPEC_ENVENTRY']._serialized_options = b'8\001'
   _globals['_TRAININGJOBSPEC_HYPERPARAMETERSENTRY']._loaded_options = None
   _globals['_TRAININGJOBSPEC_HYPERPARAMETERSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1644
-  _globals['_JOBSTATE']._serialized_end=1799
+  _globals['_JOBSTATE']._serialized_start=1662
+  _globals['_JOBSTATE']._serialized_end=1817
   _globals['_INPUTCHANNEL']._serialized_start=90
   _globals['_INPUTCHANNEL']._serialized_end=131
   _globals['_TRAININGJOBSPEC']._serialized_start=134
-  _globals['_TRAININGJOBSPEC']._serialized_end=577
-  _globals['_TRAININGJOBSPEC_ENVENTRY']._serialized_start=479
-  _globals['_TRAININGJOBSPEC_ENVENTRY']._serialized_end=521
-  _globals['_TRAININGJOBSPEC_HYPERPARAMETERSENTRY']._serialized_start=523
-  _globals['_TRAININGJOBSPEC_HYPERPARAMETERSENTRY']._serialized_end=577
-  _globals['_JOB']._serialized_start=580
-  _globals['_JOB']._serialized_end=955
-  _globals['_SUBMITJOBREQUEST']._serialized_start=957
-  _globals['_SUBMITJOBREQUEST']._serialized_end=1056
-  _globals['_GETJOBREQUEST']._serialized_start=1058
-  _globals['_GETJOBREQUEST']._serialized_end=1085
-  _globals['_LISTJOBSREQUEST']._serialized_start=1087
-  _globals['_LISTJOBSREQUEST']._serialized_end=1193
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1195
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1266
-  _globals['_CANCELJOBREQUEST']._serialized_start=1268
-  _globals['_CANCELJOBREQUEST']._serialized_end=1298
-  _globals['_WATCHJOBREQUEST']._serialized_start=1300
-  _globals['_WATCHJOBREQUEST']._serialized_end=1329
-  _globals['_JOBEVENT']._serialized_start=1332
-  _globals['_JOBEVENT']._serialized_end=1480
-  _globals['_JOBLOGSREQUEST']._serialized_start=1482
-  _globals['_JOBLOGSREQUEST']._serialized_end=1542
-  _globals['_LOGLINE']._serialized_start=1544
-  _globals['_LOGLINE']._serialized_end=1641
-  _globals['_TRAININGSERVICE']._serialized_start=1802
-  _globals['_TRAININGSERVICE']._serialized_end=2136
+  _globals['_TRAININGJOBSPEC']._serialized_end=595
+  _globals['_TRAININGJOBSPEC_ENVENTRY']._serialized_start=497
+  _globals['_TRAININGJOBSPEC_ENVENTRY']._serialized_end=539
+  _globals['_TRAININGJOBSPEC_HYPERPARAMETERSENTRY']._serialized_start=541
+  _globals['_TRAININGJOBSPEC_HYPERPARAMETERSENTRY']._serialized_end=595
+  _globals['_JOB']._serialized_start=598
+  _globals['_JOB']._serialized_end=973
+  _globals['_SUBMITJOBREQUEST']._serialized_start=975
+  _globals['_SUBMITJOBREQUEST']._serialized_end=1074
+  _globals['_GETJOBREQUEST']._serialized_start=1076
+  _globals['_GETJOBREQUEST']._serialized_end=1103
+  _globals['_LISTJOBSREQUEST']._serialized_start=1105
+  _globals['_LISTJOBSREQUEST']._serialized_end=1211
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1213
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1284
+  _globals['_CANCELJOBREQUEST']._serialized_start=1286
+  _globals['_CANCELJOBREQUEST']._serialized_end=1316
+  _globals['_WATCHJOBREQUEST']._serialized_start=1318
+  _globals['_WATCHJOBREQUEST']._serialized_end=1347
+  _globals['_JOBEVENT']._serialized_start=1350
+  _globals['_JOBEVENT']._serialized_end=1498
+  _globals['_JOBLOGSREQUEST']._serialized_start=1500
+  _globals['_JOBLOGSREQUEST']._serialized_end=1560
+  _globals['_LOGLINE']._serialized_start=1562
+  _globals['_LOGLINE']._serialized_end=1659
+  _globals['_TRAININGSERVICE']._serialized_start=1820
+  _globals['_TRAININGSERVICE']._serialized_end=2154
 # @@protoc_insertion_point(module_scope)

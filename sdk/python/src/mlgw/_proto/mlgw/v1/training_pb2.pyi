@@ -35,7 +35,7 @@ class InputChannel(_message.Message):
     def __init__(self, name: _Optional[str] = ..., uri: _Optional[str] = ...) -> None: ...
 
 class TrainingJobSpec(_message.Message):
-    __slots__ = ("name", "image", "command", "args", "env", "hyperparameters", "inputs", "output_uri", "resources", "max_runtime_seconds", "framework")
+    __slots__ = ("name", "image", "command", "args", "env", "hyperparameters", "inputs", "output_uri", "resources", "max_runtime_seconds", "framework", "code_uri")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,7 @@ class TrainingJobSpec(_message.Message):
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     MAX_RUNTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     FRAMEWORK_FIELD_NUMBER: _ClassVar[int]
+    CODE_URI_FIELD_NUMBER: _ClassVar[int]
     name: str
     image: str
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -72,7 +73,8 @@ class TrainingJobSpec(_message.Message):
     resources: _common_pb2.Resources
     max_runtime_seconds: int
     framework: str
-    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., hyperparameters: _Optional[_Mapping[str, str]] = ..., inputs: _Optional[_Iterable[_Union[InputChannel, _Mapping]]] = ..., output_uri: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., max_runtime_seconds: _Optional[int] = ..., framework: _Optional[str] = ...) -> None: ...
+    code_uri: str
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., hyperparameters: _Optional[_Mapping[str, str]] = ..., inputs: _Optional[_Iterable[_Union[InputChannel, _Mapping]]] = ..., output_uri: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., max_runtime_seconds: _Optional[int] = ..., framework: _Optional[str] = ..., code_uri: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "target", "spec", "state", "message", "backend_state", "backend_ref", "output_uri", "created_at", "updated_at", "finished_at", "cancel_requested", "tenant")
