@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The quickstart, end to end through the public API: build, start the gateway on its embedded
-# defaults, train a real scikit-learn model as a local job (following its logs), deploy it on
-# the local target (a real MLServer) and print a prediction.
+# defaults, train a real scikit-learn model as a local job whose code travels with it (the
+# iris directory, uploaded to the gateway's artifact store), follow its logs, deploy the job's
+# output on the local target (a real MLServer) and print a prediction.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -31,18 +32,17 @@ done
 grep "mlgw listening on" "$log"
 "$mlgw" targets
 
-step "Submitting a training job to the default target"
-job=$("$mlgw" submit --name train-iris --hp C=0.5 -- "$venv/bin/python" "$root/deploy/quickstart/train_iris.py")
+step "Submitting a training job with its code (deploy/quickstart/iris) to the default target"
+job=$("$mlgw" submit --name train-iris --hp C=0.5 --code deploy/quickstart/iris -- python train.py)
 echo "job $job"
 
 step "Following its logs: mlgw logs -f $job"
 "$mlgw" logs -f "$job"
 "$mlgw" wait "$job"
-model_uri=$("$mlgw" get "$job" -o json | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["output_uri"])')
 
-step "Deploying the trained model: $model_uri"
+step "Deploying the trained model: the job's output"
 "$mlgw" undeploy quickstart-iris >/dev/null 2>&1 || true
-"$mlgw" deploy --name quickstart-iris --model-uri "$model_uri" --format sklearn --wait 120
+"$mlgw" deploy --name quickstart-iris --model-uri "$job" --format sklearn --wait 120
 
 step "Predicting through the gateway (Open Inference Protocol V2)"
 "$mlgw" predict quickstart-iris --data '[[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]'

@@ -29,17 +29,15 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Gateway>> {
             db.display()
         )
     })?;
-    let runtime = Arc::new(Runtime::load(config, &store).await?);
+    let artifacts = Arc::new(
+        crate::artifacts::ArtifactStore::open(&config.artifacts, &config.data_dir)
+            .await
+            .context("opening the artifact store ([artifacts])")?,
+    );
+    let runtime = Arc::new(Runtime::load(config, &store, artifacts.clone()).await?);
     let dataplane = crate::dataplane::DataPlane::new(config)?;
-    let artifacts = crate::artifacts::ArtifactStore::open(&config.artifacts, &config.data_dir)
-        .await
-        .context("opening the artifact store ([artifacts])")?;
     Ok(Arc::new(Gateway::new(
-        store,
-        runtime,
-        dataplane,
-        Arc::new(artifacts),
-        LOG_POLL,
+        store, runtime, dataplane, artifacts, LOG_POLL,
     )))
 }
 

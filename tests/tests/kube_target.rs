@@ -203,3 +203,54 @@ async fn what_kubernetes_refuses_comes_back_as_clear_status_codes() {
         assert!(j.message.starts_with("submit failed"), "{j:?}");
     }
 }
+
+#[tokio::test]
+async fn a_remote_target_refuses_paths_on_the_gateways_machine() {
+    let c = cluster();
+    let (dir, gw) = gateway(c).await;
+    let mut t = gw.training().await;
+    let mut s = manifest_spec(&pytorchjob(&unique("remote")));
+    s.inputs.push(pb::InputChannel {
+        name: "train".into(),
+        uri: "file:///data/train".into(),
+    });
+    let err = submit(&mut t, "k8s", s).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert_eq!(
+        err.metadata().get("mlgw-field").unwrap(),
+        "spec.inputs[0].uri"
+    );
+    assert!(err.message().contains("cannot read"), "{}", err.message());
+
+    // Code in the directory store is on the gateway's machine too.
+    let code = dir.path().join("code");
+    std::fs::create_dir_all(&code).unwrap();
+    std::fs::write(code.join("train.py"), "print('hi')\n").unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args(["--server", &gw.addr, "artifacts", "put"])
+        .arg(&code)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut s = manifest_spec(&pytorchjob(&unique("remote")));
+    s.code_uri = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let err = submit(&mut t, "k8s", s).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert_eq!(err.metadata().get("mlgw-field").unwrap(), "spec.code_uri");
+    assert!(
+        err.message().contains("store = \"s3\""),
+        "{}",
+        err.message()
+    );
+    let all = t
+        .list(pb::ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(all.jobs.is_empty(), "nothing was stored");
+}

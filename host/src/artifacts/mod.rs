@@ -250,6 +250,28 @@ impl ArtifactStore {
         found.ok_or_else(|| ArtifactError::NotFound(uri.to_string()))
     }
 
+    /// What a target fetches: an artifact of this store (one reader, path ""), or with an
+    /// object store any `s3://` object or every object under an `s3://…/` prefix, as (path
+    /// below the prefix, reader) pairs.
+    pub async fn open_objects(
+        &self,
+        tenant: &str,
+        uri: &str,
+    ) -> Result<Vec<(String, Box<dyn Read + Send>)>, ArtifactError> {
+        if self.locate(tenant, uri).is_ok() {
+            return Ok(vec![(
+                String::new(),
+                self.open_blocking(tenant, uri).await?,
+            )]);
+        }
+        match &self.backend {
+            Backend::S3(s) if uri.starts_with("s3://") => {
+                s.open_any(uri, MAX_PUBLISHED_FILES).await
+            }
+            _ => Err(ArtifactError::NotFound(uri.to_string())),
+        }
+    }
+
     /// The artifact and its content, for Download.
     pub async fn download(
         &self,

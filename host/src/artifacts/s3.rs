@@ -276,6 +276,73 @@ impl S3Store {
         Ok(Some((self.artifact(&key, meta), out.body)))
     }
 
+    /// Any object the store's credentials can read, or every object under a prefix (a URI
+    /// ending in '/'), as (path below the prefix, reader) pairs: a job's `s3://` inputs, a
+    /// model published by another job. At most `max_objects`.
+    pub async fn open_any(
+        &self,
+        uri: &str,
+        max_objects: usize,
+    ) -> Result<Vec<(String, Box<dyn Read + Send>)>, ArtifactError> {
+        let (bucket, key) = uri
+            .strip_prefix("s3://")
+            .and_then(|r| r.split_once('/'))
+            .filter(|(b, _)| !b.is_empty())
+            .ok_or_else(|| super::invalid("uri", format!("{uri:?} is not s3://bucket/key")))?;
+        let mut keys = Vec::new();
+        if key.is_empty() || key.ends_with('/') {
+            let mut pages = self
+                .client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(key)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| s3_error(&format!("listing {uri}"), e))?;
+                for obj in page.contents() {
+                    if let Some(k) = obj.key().filter(|k| !k.ends_with('/')) {
+                        keys.push(k.to_string());
+                    }
+                    if keys.len() > max_objects {
+                        return Err(ArtifactError::Unsupported(format!(
+                            "{uri} holds more than {max_objects} objects"
+                        )));
+                    }
+                }
+            }
+            if keys.is_empty() {
+                return Err(ArtifactError::NotFound(uri.to_string()));
+            }
+        } else {
+            keys.push(key.to_string());
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let rel = k.strip_prefix(key).unwrap_or("").trim_start_matches('/');
+            // Paths below the prefix become paths below the destination: nothing that climbs.
+            if rel.split('/').any(|s| s == ".." || s == ".") {
+                return Err(super::invalid(
+                    "uri",
+                    format!("object key {k:?} is not a plain path"),
+                ));
+            }
+            let body = match self.client.get_object().bucket(bucket).key(&k).send().await {
+                Ok(o) => o.body,
+                Err(e) if is_not_found(&e) => {
+                    return Err(ArtifactError::NotFound(format!("s3://{bucket}/{k}")));
+                }
+                Err(e) => return Err(s3_error(&format!("reading s3://{bucket}/{k}"), e)),
+            };
+            let reader = Box::pin(body.into_async_read());
+            out.push((
+                rel.to_string(),
+                Box::new(tokio_util::io::SyncIoBridge::new(reader)) as Box<dyn Read + Send>,
+            ));
+        }
+        Ok(out)
+    }
+
     pub async fn open_blocking(
         &self,
         tenant: &str,

@@ -8,6 +8,7 @@
 //! never from the plugin's arguments; a capability that is not granted answers `denied`
 //! naming itself.
 
+pub mod artifacts;
 pub mod kube;
 pub mod log;
 pub mod process;
@@ -26,6 +27,8 @@ pub struct Capabilities {
     pub log: Arc<log::LogCapability>,
     pub process: Option<Arc<process::ProcessCapability>>,
     pub kube: Option<Arc<kube::KubeCapability>>,
+    /// The gateway's artifact store; every target reaches it, each call only its own artifacts.
+    pub artifacts: Option<Arc<artifacts::ArtifactsCapability>>,
 }
 
 impl Capabilities {
@@ -35,6 +38,7 @@ impl Capabilities {
             log: Arc::new(log::LogCapability::new(label, &Default::default())),
             process: None,
             kube: None,
+            artifacts: None,
         }
     }
 
@@ -49,12 +53,19 @@ impl Capabilities {
         v
     }
 
-    /// The per-call states for one call of `target`.
-    pub fn for_call(&self, target: &Arc<str>) -> CallCapabilities {
+    /// The per-call states for one call of `target`; `scope` is the artifacts the call may
+    /// name (those of the job or endpoint it concerns).
+    pub fn for_call(&self, target: &Arc<str>, scope: Arc<[String]>) -> CallCapabilities {
         CallCapabilities {
             log: log::LogCall::new(self.log.clone()),
             process: process::ProcessCall::new(target.clone(), self.process.clone()),
             kube: kube::KubeCall::new(target.clone(), self.kube.clone()),
+            artifacts: artifacts::ArtifactsCall::new(
+                target.clone(),
+                self.artifacts.clone(),
+                self.process.as_ref().map(|p| p.root_handle()),
+                scope,
+            ),
             ungranted: Ungranted {
                 target: target.clone(),
             },
@@ -67,6 +78,7 @@ pub struct CallCapabilities {
     pub log: log::LogCall,
     pub process: process::ProcessCall,
     pub kube: kube::KubeCall,
+    pub artifacts: artifacts::ArtifactsCall,
     pub ungranted: Ungranted,
 }
 
@@ -85,6 +97,9 @@ pub fn add_to_linker<T: HasCapabilities + Send + 'static>(
         &mut s.capabilities().process
     })?;
     b::kube::add_to_linker::<T, HasSelf<kube::KubeCall>>(linker, |s| &mut s.capabilities().kube)?;
+    b::artifacts::add_to_linker::<T, HasSelf<artifacts::ArtifactsCall>>(linker, |s| {
+        &mut s.capabilities().artifacts
+    })?;
     b::sagemaker::add_to_linker::<T, HasSelf<Ungranted>>(linker, |s| {
         &mut s.capabilities().ungranted
     })?;

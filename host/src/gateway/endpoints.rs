@@ -5,8 +5,9 @@ use std::sync::Arc;
 use super::jobs::is_transient;
 use super::{DEFAULT_TENANT, Gateway, Start};
 use crate::dataplane::{CheckedRoute, DataPlaneError, InferRequest, InferResponse};
+use crate::domain::validate::is_record_id;
 use crate::domain::{
-    Endpoint, EndpointSpec, EndpointState, Feature, now_ms, validate_endpoint_spec,
+    Endpoint, EndpointSpec, EndpointState, Feature, JobState, now_ms, validate_endpoint_spec,
 };
 use crate::error::{GatewayError, Result};
 use crate::runtime::{BackendFailure, PluginError, Target};
@@ -36,6 +37,7 @@ impl Gateway {
     ) -> Result<Endpoint> {
         normalise(&mut spec);
         validate_endpoint_spec(&spec)?;
+        spec.model_uri = self.model_of(&spec.model_uri)?;
         let t = self.resolve_target(target)?;
         t.require(Feature::Serving)?;
         if spec.canary_percent.is_some() {
@@ -120,6 +122,32 @@ impl Gateway {
         }
     }
 
+    /// The model a spec names: a URI as given, or a job id for that job's output, so train →
+    /// deploy needs no URI handling in client code.
+    fn model_of(&self, model_uri: &str) -> Result<String> {
+        if !is_record_id("j", model_uri) {
+            return Ok(model_uri.to_string());
+        }
+        let invalid = |reason: String| GatewayError::Invalid {
+            field: "spec.model_uri".into(),
+            reason,
+        };
+        let job = self.store.job(model_uri).map_err(|_| {
+            invalid(format!(
+                "{model_uri} is neither a model URI nor a job this gateway knows"
+            ))
+        })?;
+        if job.state != JobState::Succeeded {
+            return Err(invalid(format!(
+                "job {model_uri} is {}, so it has no model to deploy yet",
+                job.state.as_str()
+            )));
+        }
+        job.output_uri
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| invalid(format!("job {model_uri} succeeded without an output URI")))
+    }
+
     pub fn get_endpoint(&self, id_or_name: &str) -> Result<Endpoint> {
         Ok(self.store.find_endpoint(DEFAULT_TENANT, id_or_name)?)
     }
@@ -164,7 +192,7 @@ impl Gateway {
         }
         let mut spec = ep.spec.clone();
         if !changes.model_uri.is_empty() {
-            spec.model_uri = changes.model_uri;
+            spec.model_uri = self.model_of(&changes.model_uri)?;
         }
         if !changes.model_format.is_empty() {
             spec.model_format = changes.model_format;

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use futures::Stream;
 
 use super::{DEFAULT_TENANT, Gateway, Start};
+use crate::artifacts::{ArtifactError, ArtifactKind};
 use crate::domain::{
     Feature, Job, JobState, LogLine, TrainingSpec, now_ms, validate_training_spec,
 };
@@ -33,6 +34,38 @@ pub struct JobFilter {
     pub state: Option<JobState>,
 }
 
+/// A URI naming a file on the gateway's machine: what a target elsewhere cannot read.
+fn is_local_path(uri: &str) -> bool {
+    uri.starts_with("file:") || !uri.contains("://")
+}
+
+/// A target elsewhere cannot read the gateway's files: inputs and outputs must be URIs it can
+/// reach, such as `s3://` (code reaches it through the artifact store).
+fn refuse_local_paths(target: &str, spec: &TrainingSpec) -> Result<()> {
+    let why = |what: &str| {
+        format!(
+            "{what} is a path on the gateway's machine, which target {target} cannot read; \
+             upload it to the artifact store (ArtifactService, or code= in the SDK) or give an \
+             s3:// URI"
+        )
+    };
+    for (i, input) in spec.inputs.iter().enumerate() {
+        if is_local_path(&input.uri) {
+            return Err(GatewayError::Invalid {
+                field: format!("spec.inputs[{i}].uri"),
+                reason: why(&format!("input {:?}", input.name)),
+            });
+        }
+    }
+    if let Some(out) = spec.output_uri.as_deref().filter(|u| is_local_path(u)) {
+        return Err(GatewayError::Invalid {
+            field: "spec.output_uri".into(),
+            reason: why(&format!("{out:?}")),
+        });
+    }
+    Ok(())
+}
+
 pub(super) fn is_transient(e: &PluginError) -> bool {
     matches!(
         e,
@@ -54,8 +87,12 @@ impl Gateway {
         validate_training_spec(&spec)?;
         let t = self.resolve_target(target)?;
         t.require(Feature::Training)?;
+        if t.is_remote() {
+            refuse_local_paths(&t.name, &spec)?;
+        }
         let id = new_id("j");
         // Pure check first, so a spec the backend cannot run is refused and nothing is stored.
+        self.check_code(&t, &spec).await?;
         self.runtime.validate_training(&t, &id, &spec).await?;
         let now = now_ms();
         let job = Job {
@@ -295,6 +332,78 @@ impl Gateway {
         }))
     }
 
+    /// The job's code must be a directory artifact of this gateway's store, and one its
+    /// target can reach.
+    async fn check_code(&self, t: &Target, spec: &TrainingSpec) -> Result<()> {
+        let Some(code) = spec.code_uri.as_deref() else {
+            return Ok(());
+        };
+        let invalid = |reason: String| GatewayError::Invalid {
+            field: "spec.code_uri".into(),
+            reason,
+        };
+        let a = match self.artifacts.stat(DEFAULT_TENANT, code).await {
+            Ok(a) => a,
+            Err(ArtifactError::NotFound(_)) => {
+                return Err(invalid(format!(
+                    "{code:?} is no artifact of this gateway; upload the code first \
+                     (ArtifactService.Upload, code= in the SDK, mlgw submit --code)"
+                )));
+            }
+            Err(ArtifactError::Invalid { reason, .. }) => return Err(invalid(reason)),
+            Err(e) => return Err(e.into()),
+        };
+        if a.kind != ArtifactKind::Directory {
+            return Err(invalid(format!(
+                "{code:?} is a single file; a job's code is a directory artifact"
+            )));
+        }
+        if t.is_remote() && !self.artifacts.is_remote() {
+            return Err(invalid(format!(
+                "the artifact store is a directory on the gateway's machine, which target {} \
+                 cannot read; configure [artifacts] store = \"s3\"",
+                t.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// With an object store, a job that wrote its outputs on the gateway's machine has them
+    /// published there, and its output URI is where every target can read them. Only outputs
+    /// inside the target's own root are published: a plugin cannot make the gateway upload
+    /// anything else it can read.
+    async fn publish_outputs(
+        &self,
+        t: &Target,
+        job: &Job,
+        obs: &mut crate::domain::JobObservation,
+    ) -> Result<()> {
+        let (Some(out), Some(process)) = (obs.output_uri.as_deref(), t.caps.process.as_ref())
+        else {
+            return Ok(());
+        };
+        if !self.artifacts.is_remote() {
+            return Ok(());
+        }
+        let Some(path) = out.strip_prefix("file://") else {
+            return Ok(());
+        };
+        let path = std::path::Path::new(path);
+        let inside = path
+            .canonicalize()
+            .is_ok_and(|real| real.starts_with(process.root()));
+        if !inside {
+            return Ok(());
+        }
+        let uri = self
+            .artifacts
+            .publish_dir(DEFAULT_TENANT, &job.id, path)
+            .await?;
+        tracing::info!(job = %job.id, %uri, "published the job's outputs");
+        obs.output_uri = Some(uri);
+        Ok(())
+    }
+
     /// A cancel is what the job should come to, not a one-off signal: the backend is asked
     /// again while the job still runs. Stopping often escalates after a grace period inside
     /// the gateway (SIGTERM, then SIGKILL); a gateway that restarted within it never sent the
@@ -347,7 +456,21 @@ impl Gateway {
             };
         };
         match self.runtime.training_status(&t, &job.id, r).await {
-            Ok(obs) => {
+            Ok(mut obs) => {
+                if obs.state == JobState::Succeeded
+                    && let Err(e) = self.publish_outputs(&t, job, &mut obs).await
+                {
+                    // Not succeeded until every target can read what it made.
+                    let msg = format!("publishing the job's outputs: {e}");
+                    self.store.update_job(&job.id, |j| {
+                        let changed = !j.state.is_terminal() && j.message != msg;
+                        if changed {
+                            j.transition(j.state, msg.clone(), now_ms());
+                        }
+                        changed
+                    })?;
+                    return Err(e);
+                }
                 let job = self.store.update_job(&job.id, |j| {
                     // A cancel or finish recorded meanwhile wins over a stale observation.
                     if j.state.is_terminal() {

@@ -49,6 +49,7 @@ pub fn training_spec_to_wit(s: &domain::TrainingSpec) -> wit::TrainingSpec {
         resources: resources_to_wit(&s.resources),
         max_runtime_seconds: s.max_runtime_seconds,
         framework: s.framework.clone(),
+        code_uri: s.code_uri.clone(),
     }
 }
 

@@ -19,6 +19,8 @@ use wasmtime::{
     Config as EngineConfig, Enabled, Engine, PoolingAllocationConfig, Store, UpdateDeadline,
 };
 
+use crate::artifacts::ArtifactStore;
+use crate::capabilities::artifacts::ArtifactsCapability;
 use crate::capabilities::kube::KubeCapability;
 use crate::capabilities::log::LogCapability;
 use crate::capabilities::process::ProcessCapability;
@@ -113,6 +115,17 @@ impl Target {
         self.plugin.info.features.contains(&f)
     }
 
+    /// Whether its work runs somewhere else (a cluster, a cloud), where the gateway's own
+    /// files cannot be read: its plugin needs a remote capability rather than local processes.
+    pub fn is_remote(&self) -> bool {
+        self.plugin.info.needs.iter().any(|c| {
+            matches!(
+                c,
+                Capability::Kube | Capability::Sagemaker | Capability::Http
+            )
+        })
+    }
+
     pub fn require(&self, f: Feature) -> Result<(), PluginError> {
         if self.supports(f) {
             Ok(())
@@ -182,7 +195,16 @@ fn engine(limits: &Limits) -> wasmtime::Result<Engine> {
 impl Runtime {
     /// Compiles (or loads from the cache) every plugin the config names, asks each to
     /// describe itself, and binds targets to their grants.
-    pub async fn load(config: &Config, store: &crate::store::Store) -> anyhow::Result<Self> {
+    pub async fn load(
+        config: &Config,
+        store: &crate::store::Store,
+        artifacts: Arc<ArtifactStore>,
+    ) -> anyhow::Result<Self> {
+        let artifacts = Arc::new(ArtifactsCapability::new(
+            artifacts,
+            Duration::from_secs(config.artifacts.presign_max_seconds),
+            config.artifacts.max_unpacked_bytes,
+        ));
         let engine = engine(&config.limits).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         start_epoch_ticker(&engine);
         let mut linker: Linker<HostState> = Linker::new(&engine);
@@ -270,6 +292,7 @@ impl Runtime {
                         log: Arc::new(LogCapability::new(name, &t.grants.log)),
                         process,
                         kube,
+                        artifacts: Some(artifacts.clone()),
                     },
                     calls: Semaphore::new(config.limits.target_concurrent_calls as usize),
                 }),
@@ -313,7 +336,7 @@ impl Runtime {
             grants: vec![],
             calls: Semaphore::new(1),
         };
-        let mut call = self.start(&probe, "").await?;
+        let mut call = self.start(&probe, "", no_artifacts()).await?;
         let res = tokio::time::timeout(
             call.remaining(),
             call.backend
@@ -363,6 +386,7 @@ impl Runtime {
         &'r self,
         target: &'r Target,
         resource_id: &str,
+        scope: Arc<[String]>,
     ) -> Result<Call<'r>, PluginError> {
         let deadline = Instant::now() + Duration::from_millis(self.limits.call_timeout_ms);
         let exceeded = || PluginError::Deadline {
@@ -383,6 +407,7 @@ impl Runtime {
             &target.label,
             &target.caps,
             (self.limits.memory_mib as usize) << 20,
+            scope,
         )
         .map_err(|e| PluginError::Trap {
             target: target.name.clone(),
@@ -502,12 +527,36 @@ impl Call<'_> {
 
 /// One WIT call on a fresh instance: admit, instantiate, call under the deadline, classify.
 macro_rules! call {
-    ($rt:ident, $t:expr, $id:expr, $iface:ident . $method:ident ( $($arg:expr),* )) => {{
-        let mut c = $rt.start($t, $id).await?;
+    ($rt:ident, $t:expr, $id:expr, $iface:ident . $method:ident ( $($arg:expr),* )) => {
+        call!($rt, $t, $id, no_artifacts(); $iface.$method($($arg),*))
+    };
+    ($rt:ident, $t:expr, $id:expr, $scope:expr; $iface:ident . $method:ident ( $($arg:expr),* )) => {{
+        let mut c = $rt.start($t, $id, $scope).await?;
         let f = c.backend.$iface();
         let res = tokio::time::timeout(c.remaining(), f.$method(&mut c.store, &c.ctx, $($arg),*)).await;
         c.finish_backend(res)
     }};
+}
+
+/// A call that concerns no artifact (status, logs, cancel, delete).
+fn no_artifacts() -> Arc<[String]> {
+    Arc::from(Vec::new())
+}
+
+/// The artifacts a job's calls may name: its code, its inputs and its output location.
+fn job_artifacts(s: &domain::TrainingSpec) -> Arc<[String]> {
+    s.code_uri
+        .iter()
+        .chain(s.output_uri.iter())
+        .cloned()
+        .chain(s.inputs.iter().map(|i| i.uri.clone()))
+        .collect::<Vec<_>>()
+        .into()
+}
+
+/// The artifacts an endpoint's calls may name: its model.
+fn endpoint_artifacts(s: &domain::EndpointSpec) -> Arc<[String]> {
+    vec![s.model_uri.clone()].into()
 }
 
 /// Each operation is one WIT call on a fresh instance.
@@ -522,7 +571,7 @@ impl Runtime {
     /// Admits, builds a Store and instantiates the target's plugin, then drops it: the fixed
     /// cost of every call, and a health check that the plugin can still be instantiated.
     pub async fn check(&self, t: &Target) -> Result<(), PluginError> {
-        self.start(t, "").await.map(drop)
+        self.start(t, "", no_artifacts()).await.map(drop)
     }
 
     pub async fn validate_training(
@@ -548,11 +597,13 @@ impl Runtime {
         spec: &domain::TrainingSpec,
     ) -> Result<domain::BackendRef, PluginError> {
         t.require(Feature::Training)?;
+        let scope = job_artifacts(spec);
         let spec = bindings::training_spec_to_wit(spec);
         call!(
             self,
             t,
             id,
+            scope;
             mlgw_backend_training.call_submit_training(&spec)
         )
         .and_then(|r| bindings::ref_from_wit(r, self.bounds(t)))
@@ -622,11 +673,13 @@ impl Runtime {
         spec: &domain::EndpointSpec,
     ) -> Result<domain::BackendRef, PluginError> {
         t.require(Feature::Serving)?;
+        let scope = endpoint_artifacts(spec);
         let spec = bindings::endpoint_spec_to_wit(spec);
         call!(
             self,
             t,
             id,
+            scope;
             mlgw_backend_serving.call_deploy_endpoint(&spec)
         )
         .and_then(|r| bindings::ref_from_wit(r, self.bounds(t)))
@@ -654,12 +707,14 @@ impl Runtime {
         if spec.canary_percent.is_some() {
             t.require(Feature::Canary)?;
         }
+        let scope = endpoint_artifacts(spec);
         let r = bindings::ref_to_wit(r);
         let spec = bindings::endpoint_spec_to_wit(spec);
         call!(
             self,
             t,
             id,
+            scope;
             mlgw_backend_serving.call_update_endpoint(&r, &spec)
         )
         .and_then(|r| bindings::ref_from_wit(r, self.bounds(t)))

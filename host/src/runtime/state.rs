@@ -34,6 +34,7 @@ impl HostState {
         target: &Arc<str>,
         caps: &Capabilities,
         memory_cap: usize,
+        scope: Arc<[String]>,
     ) -> wasmtime::Result<Self> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let mut b = WasiCtx::builder();
@@ -51,7 +52,7 @@ impl HostState {
                 exceeded: false,
             },
             stderr,
-            caps: caps.for_call(target),
+            caps: caps.for_call(target, scope),
         })
     }
 

@@ -42,6 +42,11 @@ pub struct JobPaths<'a> {
     pub job_id: &'a str,
     pub output_dir: &'a str,
     pub hyperparameters_file: &'a str,
+    /// Where each input channel is on this machine, by channel name (an input fetched from the
+    /// artifact store is in the job's directory; a local one where its URI says).
+    pub inputs: &'a [(String, String)],
+    /// The unpacked code, when the job came with some.
+    pub code_dir: Option<&'a str>,
 }
 
 /// spec.env first, then the generated variables; a generated name overrides a user-supplied
@@ -58,9 +63,17 @@ pub fn training_env(spec: &TrainingSpec, paths: &JobPaths) -> Vec<KeyValue> {
         env.set(&format!("MLGW_HP_{}", env_suffix(&kv.key)), &kv.value);
     }
     for input in &spec.inputs {
-        let path = strip_file_uri(&input.uri);
+        let path = paths
+            .inputs
+            .iter()
+            .find(|(name, _)| *name == input.name)
+            .map(|(_, p)| p.as_str())
+            .unwrap_or_else(|| strip_file_uri(&input.uri));
         env.set(&format!("MLGW_INPUT_{}", env_suffix(&input.name)), path);
         env.set(&format!("SM_CHANNEL_{}", env_suffix(&input.name)), path);
+    }
+    if let Some(code) = paths.code_dir {
+        env.set("MLGW_CODE_DIR", code);
     }
     env.set("SM_MODEL_DIR", paths.output_dir);
     env.set("SM_OUTPUT_DATA_DIR", paths.output_dir);
@@ -141,6 +154,7 @@ mod tests {
             },
             max_runtime_seconds: None,
             framework: None,
+            code_uri: None,
         }
     }
 
@@ -172,6 +186,8 @@ mod tests {
                 job_id: "job-1",
                 output_dir: "/root/jobs/x/output",
                 hyperparameters_file: "/root/jobs/x/hyperparameters.json",
+                inputs: &[("val.set".into(), "/root/jobs/x/inputs/val.set".into())],
+                code_dir: Some("/root/jobs/x/code"),
             },
         );
         assert_eq!(get(&env, "USER_VAR"), Some("1"));
@@ -185,7 +201,12 @@ mod tests {
         assert_eq!(get(&env, "MLGW_HP_EPOCHS"), Some("3"));
         assert_eq!(get(&env, "MLGW_INPUT_TRAIN"), Some("/data/train"));
         assert_eq!(get(&env, "SM_CHANNEL_TRAIN"), Some("/data/train"));
-        assert_eq!(get(&env, "MLGW_INPUT_VAL_SET"), Some("s3://b/val"));
+        // Fetched from the store: where it was placed, not the URI.
+        assert_eq!(
+            get(&env, "MLGW_INPUT_VAL_SET"),
+            Some("/root/jobs/x/inputs/val.set")
+        );
+        assert_eq!(get(&env, "MLGW_CODE_DIR"), Some("/root/jobs/x/code"));
         assert_eq!(get(&env, "SM_MODEL_DIR"), Some("/root/jobs/x/output"));
         assert_eq!(get(&env, "SM_OUTPUT_DATA_DIR"), Some("/root/jobs/x/output"));
         assert_eq!(get(&env, "SM_CHANNELS"), Some(r#"["train","val.set"]"#));

@@ -10,6 +10,7 @@
 //! Updates are blue/green: the new revision starts on new ports, then the old one stops. The
 //! host checks the new server's readiness before it routes traffic there.
 
+use mlgw_plugin_sdk::artifacts;
 use mlgw_plugin_sdk::process::{self, ProcessState, SpawnRequest};
 use mlgw_plugin_sdk::{
     BackendError, BackendRef, CallContext, EndpointSpec, EndpointStatus, Protocol, Route, internal,
@@ -22,7 +23,7 @@ use crate::files::{
 };
 use crate::refs::EndpointData;
 use crate::status::endpoint_status;
-use crate::training::terminate;
+use crate::training::{is_remote, terminate};
 use crate::validate;
 
 pub fn deploy(ctx: &CallContext, spec: &EndpointSpec) -> Result<BackendRef, BackendError> {
@@ -120,9 +121,17 @@ fn start_revision(
         &guest_path(&format!("{dir}/settings.json")),
         server_settings(http_port, grpc_port, metrics_port).as_bytes(),
     )?;
+    // A model in the object store is fetched next to the revision; a local one is used in place.
+    let model_path = if is_remote(&spec.model_uri) {
+        let rel = format!("{dir}/model-files");
+        artifacts::fetch(&spec.model_uri, &rel)?;
+        process::host_path(&rel)?
+    } else {
+        strip_file_uri(&spec.model_uri).to_string()
+    };
     write_atomic(
         &guest_path(&format!("{dir}/model/model-settings.json")),
-        model_settings(spec, implementation).as_bytes(),
+        model_settings(spec, implementation, &model_path).as_bytes(),
     )?;
 
     let handle = process::spawn(&SpawnRequest {
@@ -216,11 +225,11 @@ pub fn server_settings(http_port: u16, grpc_port: u16, metrics_port: u16) -> Str
     .to_string()
 }
 
-pub fn model_settings(spec: &EndpointSpec, implementation: &str) -> String {
+pub fn model_settings(spec: &EndpointSpec, implementation: &str, model_path: &str) -> String {
     json!({
         "name": spec.name,
         "implementation": implementation,
-        "parameters": { "uri": strip_file_uri(&spec.model_uri) },
+        "parameters": { "uri": model_path },
     })
     .to_string()
 }
@@ -268,8 +277,12 @@ mod tests {
             max_replicas: 1,
             canary_percent: None,
         };
-        let v: serde_json::Value =
-            serde_json::from_str(&model_settings(&spec, "mlserver_sklearn.SKLearnModel")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&model_settings(
+            &spec,
+            "mlserver_sklearn.SKLearnModel",
+            strip_file_uri(&spec.model_uri),
+        ))
+        .unwrap();
         assert_eq!(
             v,
             json!({

@@ -9,6 +9,7 @@
 //! jobs/<name>/cancelled, timed-out  why the gateway ended it, if it did
 //! ```
 
+use mlgw_plugin_sdk::artifacts;
 use mlgw_plugin_sdk::process::{self, ProcessHandle, ProcessState, SpawnRequest};
 use mlgw_plugin_sdk::{
     BackendError, BackendRef, CallContext, JobState, JobStatus, LogPage, TrainingSpec, internal,
@@ -71,12 +72,34 @@ pub fn submit(ctx: &CallContext, spec: &TrainingSpec) -> Result<BackendRef, Back
         }
     };
     let hyperparameters_file = process::host_path(&hp_rel)?;
+    // The job's code and remote inputs come from the gateway's artifact store; the command
+    // runs in the unpacked code, as on every other target.
+    let cwd = match spec.code_uri.as_deref().filter(|c| !c.is_empty()) {
+        Some(code) => {
+            let rel = format!("{dir}/code");
+            artifacts::unpack(code, &rel)?;
+            rel
+        }
+        None => dir.clone(),
+    };
+    let code_dir = match spec.code_uri.as_deref().filter(|c| !c.is_empty()) {
+        Some(_) => Some(process::host_path(&cwd)?),
+        None => None,
+    };
+    let mut inputs = Vec::new();
+    for input in spec.inputs.iter().filter(|i| is_remote(&i.uri)) {
+        let rel = format!("{dir}/inputs/{}", input.name);
+        artifacts::fetch(&input.uri, &rel)?;
+        inputs.push((input.name.clone(), process::host_path(&rel)?));
+    }
     let env = training_env(
         spec,
         &JobPaths {
             job_id: &ctx.resource_id,
             output_dir: &output,
             hyperparameters_file: &hyperparameters_file,
+            inputs: &inputs,
+            code_dir: code_dir.as_deref(),
         },
     );
 
@@ -89,7 +112,7 @@ pub fn submit(ctx: &CallContext, spec: &TrainingSpec) -> Result<BackendRef, Back
             .cloned()
             .collect(),
         env,
-        cwd: dir.clone(),
+        cwd,
         log_file: format!("{dir}/logs.txt"),
         exit_file: format!("{dir}/exit.json"),
     })?;
@@ -216,6 +239,11 @@ fn ending(data: &JobData) -> Ending {
 
 fn mark(data: &JobData, marker: &str) -> Result<(), BackendError> {
     write_atomic(&guest_path(&format!("{}/{marker}", data.dir)), b"")
+}
+
+/// A URI the artifact store fetches (an object store); everything else is a local path.
+pub fn is_remote(uri: &str) -> bool {
+    uri.starts_with("s3://")
 }
 
 /// handle.json: the ref exactly as returned, so adoption returns the same ref.

@@ -173,6 +173,7 @@ mod tests {
             resources: resources(),
             max_runtime_seconds: None,
             framework: None,
+            code_uri: None,
         }
     }
 

@@ -76,8 +76,8 @@
 //!   creates should adopt an existing object (on `conflict`) rather than make a second one.
 //! * `ctx.settings` is the operator's per-target configuration; read it with [`settings`] or
 //!   [`settings_as`].
-//! * Capabilities are plain functions in the [`log`], [`process`], [`kube`], [`sagemaker`] and
-//!   [`http`] modules. [`ProcessError`] converts into [`BackendError`] with `?`.
+//! * Capabilities are plain functions in the [`log`], [`process`], [`kube`], [`sagemaker`],
+//!   [`http`] and [`artifacts`] modules. [`ProcessError`] converts into [`BackendError`] with `?`.
 //! * Pure logic (parsing, validation) can be unit-tested natively with `cargo test`; capability
 //!   calls only work inside the gateway and panic when called natively.
 
@@ -113,7 +113,7 @@ pub use bindings::mlgw::backend::types::{
     EndpointState, EndpointStatus, Features, FieldError, InputChannel, JobState, JobStatus,
     KeyValue, LogLine, LogPage, Protocol, Resources, Route, TrainingSpec,
 };
-pub use bindings::mlgw::backend::{http, kube, log, process, sagemaker};
+pub use bindings::mlgw::backend::{artifacts, http, kube, log, process, sagemaker};
 
 /// One backend: the gateway's view of an execution target.
 ///

@@ -173,6 +173,11 @@ impl ProcessCapability {
         self.root.path()
     }
 
+    /// The root itself, for capabilities that write beneath it too (unpacking artifacts).
+    pub fn root_handle(&self) -> Arc<Root> {
+        self.root.clone()
+    }
+
     fn known(&self, h: &ProcessHandle) -> Result<(), ProcessError> {
         match self.registry.get(registry_key(h)) {
             Ok(Some(_)) => Ok(()),

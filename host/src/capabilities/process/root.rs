@@ -215,6 +215,59 @@ impl Root {
         Ok(File::from(fd))
     }
 
+    /// Creates (or truncates) a regular file beneath the root for writing, with `mode`. A link
+    /// in its place is not followed.
+    pub fn create_file(&self, what: &str, rel: &str, mode: u32) -> Result<File, RootError> {
+        let rel = parse(what, rel)?;
+        let fd = self
+            .openat(
+                rel.path,
+                OFlags::WRONLY
+                    | OFlags::CREATE
+                    | OFlags::TRUNC
+                    | OFlags::NOFOLLOW
+                    | OFlags::NONBLOCK
+                    | OFlags::NOCTTY,
+                Mode::from_raw_mode(mode & 0o777),
+            )
+            .map_err(|e| rel.err(e))?;
+        regular(&rel, &fd)?;
+        Ok(File::from(fd))
+    }
+
+    /// Makes `rel` a symbolic link to `target`, which must be relative and, from where the link
+    /// is, stay beneath the root.
+    pub fn symlink(&self, what: &str, target: &str, rel: &str) -> Result<(), RootError> {
+        let parsed = parse(what, rel)?;
+        let bad = |reason| RootError::BadPath {
+            what: what.into(),
+            path: format!("{rel} -> {target}"),
+            reason,
+        };
+        let t = Path::new(target);
+        if t.is_absolute() || target.contains('\0') {
+            return Err(bad("points to an absolute path"));
+        }
+        // Depth of the link's directory below the root, against the `..`s of its target.
+        let mut depth = normal_components(parsed.path).len() as i64 - 1;
+        for c in t.components() {
+            match c {
+                Component::ParentDir => depth -= 1,
+                Component::Normal(_) => depth += 1,
+                _ => {}
+            }
+            if depth < 0 {
+                return Err(bad("points out of the target's root"));
+            }
+        }
+        let name = parsed.path.file_name().ok_or(bad("names no file"))?;
+        let parent = parsed.path.parent().unwrap_or(Path::new(""));
+        let dir = self
+            .openat(parent, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+            .map_err(|e| parsed.err(e))?;
+        rustix::fs::symlinkat(target, &dir, name).map_err(|e| parsed.err(e))
+    }
+
     /// Reads a regular file beneath the root, refusing one larger than `limit`. `None` when it
     /// does not exist.
     pub fn read_regular(
