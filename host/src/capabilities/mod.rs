@@ -125,12 +125,85 @@ impl Ungranted {
     }
 }
 
+/// Until the sagemaker capability's host side lands, every SageMaker call is denied.
 impl sagemaker::Host for Ungranted {
-    async fn call(
+    async fn create_training_job(
         &mut self,
-        _operation: String,
-        _request: String,
+        _req: sagemaker::TrainingJobRequest,
     ) -> wasmtime::Result<Result<String, BackendError>> {
+        Ok(Err(self.deny("sagemaker")))
+    }
+    async fn describe_training_job(
+        &mut self,
+        _name: String,
+    ) -> wasmtime::Result<Result<sagemaker::TrainingJob, BackendError>> {
+        Ok(Err(self.deny("sagemaker")))
+    }
+    async fn stop_training_job(
+        &mut self,
+        _name: String,
+    ) -> wasmtime::Result<Result<(), BackendError>> {
+        Ok(Err(self.deny("sagemaker")))
+    }
+    async fn training_job_logs(
+        &mut self,
+        _name: String,
+        _cursor: Option<String>,
+        _limit: u32,
+    ) -> wasmtime::Result<Result<sagemaker::LogEvents, BackendError>> {
+        Ok(Err(self.deny("sagemaker")))
+    }
+    async fn create_model(
+        &mut self,
+        _req: sagemaker::ModelRequest,
+    ) -> wasmtime::Result<Result<String, BackendError>> {
+        Ok(Err(self.deny("sagemaker")))
+    }
+    async fn delete_model(&mut self, _name: String) -> wasmtime::Result<Result<(), BackendError>> {
+        Ok(Err(self.deny("sagemaker")))
+    }
+    async fn create_endpoint_config(
+        &mut self,
+        _req: sagemaker::EndpointConfigRequest,
+    ) -> wasmtime::Result<Result<String, BackendError>> {
+        Ok(Err(self.deny("sagemaker")))
+    }
+    async fn describe_endpoint_config(
+        &mut self,
+        _name: String,
+    ) -> wasmtime::Result<Result<Vec<sagemaker::ProductionVariant>, BackendError>> {
+        Ok(Err(self.deny("sagemaker")))
+    }
+    async fn delete_endpoint_config(
+        &mut self,
+        _name: String,
+    ) -> wasmtime::Result<Result<(), BackendError>> {
+        Ok(Err(self.deny("sagemaker")))
+    }
+    async fn create_endpoint(
+        &mut self,
+        _name: String,
+        _config_name: String,
+    ) -> wasmtime::Result<Result<String, BackendError>> {
+        Ok(Err(self.deny("sagemaker")))
+    }
+    async fn describe_endpoint(
+        &mut self,
+        _name: String,
+    ) -> wasmtime::Result<Result<sagemaker::Endpoint, BackendError>> {
+        Ok(Err(self.deny("sagemaker")))
+    }
+    async fn update_endpoint(
+        &mut self,
+        _name: String,
+        _config_name: String,
+    ) -> wasmtime::Result<Result<(), BackendError>> {
+        Ok(Err(self.deny("sagemaker")))
+    }
+    async fn delete_endpoint(
+        &mut self,
+        _name: String,
+    ) -> wasmtime::Result<Result<(), BackendError>> {
         Ok(Err(self.deny("sagemaker")))
     }
 }

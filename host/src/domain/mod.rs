@@ -209,6 +209,14 @@ pub struct Endpoint {
     /// Since when its readiness probe has failed without a pass, while it was serving.
     #[serde(default)]
     pub degraded_since: Option<Millis>,
+    /// 1 for the first deploy, +1 for each update: plugins name a revision's backend objects
+    /// by it, so a retried update lands on the same names.
+    #[serde(default = "first_revision")]
+    pub revision: u32,
+}
+
+fn first_revision() -> u32 {
+    1
 }
 
 impl Endpoint {

@@ -44,7 +44,7 @@ impl Gateway {
             t.require(Feature::Canary)?;
         }
         let id = new_id("e");
-        self.runtime.validate_endpoint(&t, &id, &spec).await?;
+        self.runtime.validate_endpoint(&t, &id, 1, &spec).await?;
         let now = now_ms();
         let ep = Endpoint {
             id,
@@ -60,6 +60,7 @@ impl Gateway {
             updated_at: now,
             sequence: 1,
             degraded_since: None,
+            revision: 1,
         };
         let ep = match self.store.insert_endpoint(ep, idempotency_key.as_deref())? {
             Inserted::Existing(e) => return Ok(e),
@@ -85,7 +86,11 @@ impl Gateway {
         if ep.backend_ref.is_some() || ep.state != EndpointState::Creating {
             return Ok(Start::Done(ep));
         }
-        match self.runtime.deploy_endpoint(t, &ep.id, &ep.spec).await {
+        match self
+            .runtime
+            .deploy_endpoint(t, &ep.id, ep.revision, &ep.spec)
+            .await
+        {
             Ok(r) => {
                 let ep = self.store.update_endpoint(&ep.id, |e| {
                     e.backend_state = format!("deployed as {}", r.name);
@@ -94,7 +99,10 @@ impl Gateway {
                 })?;
                 // Deleted while it was being deployed: remove what was just created.
                 if ep.state == EndpointState::Deleted
-                    && let Err(e) = self.runtime.delete_endpoint(t, &ep.id, &r).await
+                    && let Err(e) = self
+                        .runtime
+                        .delete_endpoint(t, &ep.id, ep.revision, &r)
+                        .await
                 {
                     tracing::warn!(endpoint = %ep.id, "deleting an endpoint deleted while it deployed: {e}");
                 }
@@ -225,17 +233,24 @@ impl Gateway {
         if spec.canary_percent.is_some() {
             t.require(Feature::Canary)?;
         }
-        self.runtime.validate_endpoint(&t, &ep.id, &spec).await?;
+        let revision = ep.revision + 1;
+        self.runtime
+            .validate_endpoint(&t, &ep.id, revision, &spec)
+            .await?;
         let Some(r) = ep.backend_ref.clone() else {
             return Err(GatewayError::FailedPrecondition(format!(
                 "endpoint {} has not reached its backend yet",
                 ep.spec.name
             )));
         };
-        let new_ref = self.runtime.update_endpoint(&t, &ep.id, &r, &spec).await?;
+        let new_ref = self
+            .runtime
+            .update_endpoint(&t, &ep.id, revision, &r, &spec)
+            .await?;
         self.dataplane.forget(&ep.id);
         let ep = self.store.update_endpoint(&ep.id, |e| {
             e.spec = spec.clone();
+            e.revision = revision;
             e.backend_ref = Some(new_ref.clone());
             e.url = None;
             e.transition(EndpointState::Updating, "rolling out".into(), now_ms());
@@ -254,7 +269,11 @@ impl Gateway {
         }
         let t = self.resolve_target(&ep.target)?;
         if let Some(r) = &ep.backend_ref {
-            match self.runtime.delete_endpoint(&t, &ep.id, r).await {
+            match self
+                .runtime
+                .delete_endpoint(&t, &ep.id, ep.revision, r)
+                .await
+            {
                 Ok(())
                 | Err(PluginError::Backend {
                     failure: BackendFailure::NotFound(_),
@@ -301,7 +320,10 @@ impl Gateway {
             Some(c) => c,
             None => {
                 let t = self.resolve_target(&ep.target)?;
-                let route = self.runtime.endpoint_route(&t, &ep.id, r).await?;
+                let route = self
+                    .runtime
+                    .endpoint_route(&t, &ep.id, ep.revision, r)
+                    .await?;
                 let checked = self.dataplane.check(&t.name, &route);
                 self.dataplane.remember(&ep.id, r, checked.clone());
                 checked
@@ -324,7 +346,11 @@ impl Gateway {
                 Start::Waiting(_, e) => Err(e.into()),
             };
         };
-        let obs = match self.runtime.endpoint_status(&t, &ep.id, r).await {
+        let obs = match self
+            .runtime
+            .endpoint_status(&t, &ep.id, ep.revision, r)
+            .await
+        {
             Ok(o) => o,
             Err(PluginError::Backend {
                 failure: BackendFailure::NotFound(m),

@@ -336,7 +336,7 @@ impl Runtime {
             grants: vec![],
             calls: Semaphore::new(1),
         };
-        let mut call = self.start(&probe, "", no_artifacts()).await?;
+        let mut call = self.start(&probe, "", no_artifacts(), 0).await?;
         let res = tokio::time::timeout(
             call.remaining(),
             call.backend
@@ -387,6 +387,7 @@ impl Runtime {
         target: &'r Target,
         resource_id: &str,
         scope: Arc<[String]>,
+        revision: u32,
     ) -> Result<Call<'r>, PluginError> {
         let deadline = Instant::now() + Duration::from_millis(self.limits.call_timeout_ms);
         let exceeded = || PluginError::Deadline {
@@ -430,6 +431,7 @@ impl Runtime {
             target: target.name.clone(),
             resource_id: resource_id.into(),
             backend_name: domain::backend_name(resource_id),
+            revision,
             settings: target.settings.clone(),
         };
         let inst = tokio::time::timeout_at(
@@ -528,10 +530,13 @@ impl Call<'_> {
 /// One WIT call on a fresh instance: admit, instantiate, call under the deadline, classify.
 macro_rules! call {
     ($rt:ident, $t:expr, $id:expr, $iface:ident . $method:ident ( $($arg:expr),* )) => {
-        call!($rt, $t, $id, no_artifacts(); $iface.$method($($arg),*))
+        call!($rt, $t, $id, no_artifacts(), 0; $iface.$method($($arg),*))
     };
-    ($rt:ident, $t:expr, $id:expr, $scope:expr; $iface:ident . $method:ident ( $($arg:expr),* )) => {{
-        let mut c = $rt.start($t, $id, $scope).await?;
+    ($rt:ident, $t:expr, $id:expr, $scope:expr; $iface:ident . $method:ident ( $($arg:expr),* )) => {
+        call!($rt, $t, $id, $scope, 0; $iface.$method($($arg),*))
+    };
+    ($rt:ident, $t:expr, $id:expr, $scope:expr, $rev:expr; $iface:ident . $method:ident ( $($arg:expr),* )) => {{
+        let mut c = $rt.start($t, $id, $scope, $rev).await?;
         let f = c.backend.$iface();
         let res = tokio::time::timeout(c.remaining(), f.$method(&mut c.store, &c.ctx, $($arg),*)).await;
         c.finish_backend(res)
@@ -571,7 +576,7 @@ impl Runtime {
     /// Admits, builds a Store and instantiates the target's plugin, then drops it: the fixed
     /// cost of every call, and a health check that the plugin can still be instantiated.
     pub async fn check(&self, t: &Target) -> Result<(), PluginError> {
-        self.start(t, "", no_artifacts()).await.map(drop)
+        self.start(t, "", no_artifacts(), 0).await.map(drop)
     }
 
     pub async fn validate_training(
@@ -654,6 +659,7 @@ impl Runtime {
         &self,
         t: &Target,
         id: &str,
+        rev: u32,
         spec: &domain::EndpointSpec,
     ) -> Result<(), PluginError> {
         t.require(Feature::Serving)?;
@@ -662,6 +668,8 @@ impl Runtime {
             self,
             t,
             id,
+            no_artifacts(),
+            rev;
             mlgw_backend_serving.call_validate_endpoint(&spec)
         )
     }
@@ -670,6 +678,7 @@ impl Runtime {
         &self,
         t: &Target,
         id: &str,
+        rev: u32,
         spec: &domain::EndpointSpec,
     ) -> Result<domain::BackendRef, PluginError> {
         t.require(Feature::Serving)?;
@@ -679,7 +688,8 @@ impl Runtime {
             self,
             t,
             id,
-            scope;
+            scope,
+            rev;
             mlgw_backend_serving.call_deploy_endpoint(&spec)
         )
         .and_then(|r| bindings::ref_from_wit(r, self.bounds(t)))
@@ -689,10 +699,11 @@ impl Runtime {
         &self,
         t: &Target,
         id: &str,
+        rev: u32,
         r: &domain::BackendRef,
     ) -> Result<bindings::EndpointObservation, PluginError> {
         let r = bindings::ref_to_wit(r);
-        call!(self, t, id, mlgw_backend_serving.call_describe_endpoint(&r))
+        call!(self, t, id, no_artifacts(), rev; mlgw_backend_serving.call_describe_endpoint(&r))
             .and_then(|s| bindings::endpoint_status_from_wit(s, self.bounds(t)))
     }
 
@@ -700,6 +711,7 @@ impl Runtime {
         &self,
         t: &Target,
         id: &str,
+        rev: u32,
         r: &domain::BackendRef,
         spec: &domain::EndpointSpec,
     ) -> Result<domain::BackendRef, PluginError> {
@@ -714,7 +726,8 @@ impl Runtime {
             self,
             t,
             id,
-            scope;
+            scope,
+            rev;
             mlgw_backend_serving.call_update_endpoint(&r, &spec)
         )
         .and_then(|r| bindings::ref_from_wit(r, self.bounds(t)))
@@ -724,20 +737,22 @@ impl Runtime {
         &self,
         t: &Target,
         id: &str,
+        rev: u32,
         r: &domain::BackendRef,
     ) -> Result<(), PluginError> {
         let r = bindings::ref_to_wit(r);
-        call!(self, t, id, mlgw_backend_serving.call_delete_endpoint(&r))
+        call!(self, t, id, no_artifacts(), rev; mlgw_backend_serving.call_delete_endpoint(&r))
     }
 
     pub async fn endpoint_route(
         &self,
         t: &Target,
         id: &str,
+        rev: u32,
         r: &domain::BackendRef,
     ) -> Result<domain::Route, PluginError> {
         let r = bindings::ref_to_wit(r);
-        call!(self, t, id, mlgw_backend_serving.call_endpoint_route(&r))
+        call!(self, t, id, no_artifacts(), rev; mlgw_backend_serving.call_endpoint_route(&r))
             .and_then(|r| bindings::route_from_wit(r, self.bounds(t)))
     }
 }
