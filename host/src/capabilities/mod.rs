@@ -55,11 +55,16 @@ impl Capabilities {
 
     /// The per-call states for one call of `target`; `scope` is the artifacts the call may
     /// name (those of the job or endpoint it concerns).
-    pub fn for_call(&self, target: &Arc<str>, scope: Arc<[String]>) -> CallCapabilities {
+    pub fn for_call(
+        &self,
+        target: &Arc<str>,
+        scope: Arc<[String]>,
+        deadline: Option<std::time::Instant>,
+    ) -> CallCapabilities {
         CallCapabilities {
             log: log::LogCall::new(self.log.clone()),
             process: process::ProcessCall::new(target.clone(), self.process.clone()),
-            kube: kube::KubeCall::new(target.clone(), self.kube.clone()),
+            kube: kube::KubeCall::new(target.clone(), self.kube.clone(), deadline),
             artifacts: artifacts::ArtifactsCall::new(
                 target.clone(),
                 self.artifacts.clone(),

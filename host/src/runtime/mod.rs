@@ -409,6 +409,7 @@ impl Runtime {
             &target.caps,
             (self.limits.memory_mib as usize) << 20,
             scope,
+            deadline,
         )
         .map_err(|e| PluginError::Trap {
             target: target.name.clone(),

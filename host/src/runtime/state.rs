@@ -35,6 +35,7 @@ impl HostState {
         caps: &Capabilities,
         memory_cap: usize,
         scope: Arc<[String]>,
+        deadline: std::time::Instant,
     ) -> wasmtime::Result<Self> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let mut b = WasiCtx::builder();
@@ -52,7 +53,7 @@ impl HostState {
                 exceeded: false,
             },
             stderr,
-            caps: caps.for_call(target, scope),
+            caps: caps.for_call(target, scope, Some(deadline)),
         })
     }
 
