@@ -175,7 +175,8 @@ class TrainingRun:
         )
         self.reason = settings.get(
             "reason",
-            f"AlgorithmError: failed by the moto test extension ({TAG_OUTCOME}=Failed)",
+            f"AlgorithmError: failed by the moto test extension as asked ({TAG_OUTCOME} or "
+            f"{ENV_OUTCOME} = Failed)",
         )
         duration = settings.get("duration", DEFAULT_DURATION_MS)
         self.created = now_ms()
