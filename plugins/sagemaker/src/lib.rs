@@ -3,15 +3,17 @@
 //! request; this plugin maps the gateway's specs onto SageMaker's requests and SageMaker's
 //! answers back onto the gateway's states, as pure functions wherever it can.
 
-// The training and serving mappings that use these land in the next commits.
-#[allow(dead_code)]
 mod instances;
+// Its revision names are for the serving mapping, which lands next.
 #[allow(dead_code)]
 mod names;
-#[allow(dead_code)]
 mod settings;
+mod training;
 
-use mlgw_plugin_sdk::{Backend, BackendInfo, Capabilities, Features};
+use mlgw_plugin_sdk::{
+    Backend, BackendError, BackendInfo, BackendRef, CallContext, Capabilities, Features, JobStatus,
+    LogPage, TrainingSpec,
+};
 
 pub struct Sagemaker;
 
@@ -21,10 +23,55 @@ impl Backend for Sagemaker {
             name: "sagemaker".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Training jobs and endpoints on Amazon SageMaker".into(),
-            features: Features::empty(),
+            features: Features::TRAINING | Features::TRAINING_LOGS | Features::TRAINING_CANCEL,
+            // Every call is a SageMaker (or CloudWatch) request made by the host.
             needs: Capabilities::SAGEMAKER,
         }
+    }
+
+    fn validate_training(ctx: CallContext, spec: TrainingSpec) -> Result<(), BackendError> {
+        let settings = settings::load(&ctx)?;
+        training::request(&ctx, &spec, &settings).map(|_| ())
+    }
+
+    fn submit_training(ctx: CallContext, spec: TrainingSpec) -> Result<BackendRef, BackendError> {
+        training::submit(&ctx, &spec)
+    }
+
+    fn training_status(_ctx: CallContext, job: BackendRef) -> Result<JobStatus, BackendError> {
+        training::status_of(&job)
+    }
+
+    fn cancel_training(_ctx: CallContext, job: BackendRef) -> Result<(), BackendError> {
+        training::cancel(&job)
+    }
+
+    fn training_logs(
+        _ctx: CallContext,
+        job: BackendRef,
+        cursor: Option<String>,
+        max_lines: u32,
+    ) -> Result<LogPage, BackendError> {
+        training::logs(&job, cursor, max_lines)
     }
 }
 
 mlgw_plugin_sdk::export_backend!(Sagemaker);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_itself() {
+        let info = Sagemaker::describe();
+        assert_eq!(info.name, "sagemaker");
+        assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(info.needs, Capabilities::SAGEMAKER);
+        assert!(
+            info.features
+                .contains(Features::TRAINING | Features::TRAINING_LOGS | Features::TRAINING_CANCEL)
+        );
+        assert!(!info.features.intersects(Features::TUNING | Features::BATCH));
+    }
+}
