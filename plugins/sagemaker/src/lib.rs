@@ -4,15 +4,14 @@
 //! answers back onto the gateway's states, as pure functions wherever it can.
 
 mod instances;
-// Its revision names are for the serving mapping, which lands next.
-#[allow(dead_code)]
 mod names;
+mod serving;
 mod settings;
 mod training;
 
 use mlgw_plugin_sdk::{
-    Backend, BackendError, BackendInfo, BackendRef, CallContext, Capabilities, Features, JobStatus,
-    LogPage, TrainingSpec,
+    Backend, BackendError, BackendInfo, BackendRef, CallContext, Capabilities, EndpointSpec,
+    EndpointStatus, Features, JobStatus, LogPage, Route, TrainingSpec,
 };
 
 pub struct Sagemaker;
@@ -23,7 +22,12 @@ impl Backend for Sagemaker {
             name: "sagemaker".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Training jobs and endpoints on Amazon SageMaker".into(),
-            features: Features::TRAINING | Features::TRAINING_LOGS | Features::TRAINING_CANCEL,
+            features: Features::TRAINING
+                | Features::TRAINING_LOGS
+                | Features::TRAINING_CANCEL
+                | Features::SERVING
+                | Features::SERVING_UPDATE
+                | Features::CANARY,
             // Every call is a SageMaker (or CloudWatch) request made by the host.
             needs: Capabilities::SAGEMAKER,
         }
@@ -53,6 +57,37 @@ impl Backend for Sagemaker {
         max_lines: u32,
     ) -> Result<LogPage, BackendError> {
         training::logs(&job, cursor, max_lines)
+    }
+
+    fn validate_endpoint(ctx: CallContext, spec: EndpointSpec) -> Result<(), BackendError> {
+        serving::validate(&ctx, &spec)
+    }
+
+    fn deploy_endpoint(ctx: CallContext, spec: EndpointSpec) -> Result<BackendRef, BackendError> {
+        serving::deploy(&ctx, &spec)
+    }
+
+    fn describe_endpoint(
+        _ctx: CallContext,
+        endpoint: BackendRef,
+    ) -> Result<EndpointStatus, BackendError> {
+        serving::describe(&endpoint)
+    }
+
+    fn update_endpoint(
+        ctx: CallContext,
+        endpoint: BackendRef,
+        spec: EndpointSpec,
+    ) -> Result<BackendRef, BackendError> {
+        serving::update(&ctx, &endpoint, &spec)
+    }
+
+    fn delete_endpoint(_ctx: CallContext, endpoint: BackendRef) -> Result<(), BackendError> {
+        serving::delete(&endpoint)
+    }
+
+    fn endpoint_route(_ctx: CallContext, endpoint: BackendRef) -> Result<Route, BackendError> {
+        serving::route_of(&endpoint)
     }
 }
 
