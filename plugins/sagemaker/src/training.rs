@@ -507,11 +507,11 @@ pub fn has_ended(job: &TrainingJob) -> bool {
 }
 
 /// A page of the job's log events as gateway log lines. The host's cursor passes through as
-/// it is; the page is complete once the job had ended before the read and the read came back
-/// short of what was asked.
-pub fn log_page(job: &str, events: LogEvents, asked: u32, ended_before: bool) -> LogPage {
+/// it is. The log is complete once a read that began after the job had ended finds nothing
+/// new: a short page proves nothing, since the host also cuts pages by size.
+pub fn log_page(job: &str, events: LogEvents, ended_before: bool) -> LogPage {
     let prefix = format!("{job}/");
-    let complete = ended_before && (events.events.len() as u64) < u64::from(asked);
+    let complete = ended_before && events.events.is_empty();
     LogPage {
         lines: events
             .events
@@ -575,9 +575,8 @@ pub fn logs(
     let data = JobData::from_ref(job)?;
     // Asked before reading: a job that had ended by then has logged everything it will.
     let ended = has_ended(&sagemaker::describe_training_job(&data.job)?);
-    let asked = max_lines.max(1);
-    let events = sagemaker::training_job_logs(&data.job, cursor.as_deref(), asked)?;
-    Ok(log_page(&data.job, events, asked, ended))
+    let events = sagemaker::training_job_logs(&data.job, cursor.as_deref(), max_lines.max(1))?;
+    Ok(log_page(&data.job, events, ended))
 }
 
 #[cfg(test)]
@@ -1086,7 +1085,7 @@ mod tests {
 
     #[test]
     fn log_pages_pass_the_cursor_through() {
-        let p = log_page("mlgw-j0193ab", events(3, "v1:1002:abcd"), 3, false);
+        let p = log_page("mlgw-j0193ab", events(3, "v1:1002:abcd"), false);
         assert_eq!(p.next_cursor, "v1:1002:abcd");
         assert_eq!(p.lines.len(), 3);
         assert_eq!(p.lines[0].source, "algo-1-1700000000");
@@ -1095,10 +1094,13 @@ mod tests {
         assert_eq!(p.lines[2].timestamp_ms, 1002);
         assert!(!p.complete, "a running job's log goes on");
 
-        // Ended, but a full page may have more behind it.
-        assert!(!log_page("mlgw-j0193ab", events(3, "c"), 3, true).complete);
-        assert!(log_page("mlgw-j0193ab", events(2, "c"), 3, true).complete);
-        assert!(log_page("mlgw-j0193ab", events(0, ""), 3, true).complete);
+        // Ended, but any page may have more behind it (the host cuts pages by size too):
+        // complete only once a read after the end finds nothing new.
+        assert!(!log_page("mlgw-j0193ab", events(1, "c"), true).complete);
+        let last = log_page("mlgw-j0193ab", events(0, "c"), true);
+        assert!(last.complete);
+        assert_eq!(last.next_cursor, "c");
+        assert!(!log_page("mlgw-j0193ab", events(0, "c"), false).complete);
     }
 
     #[test]
