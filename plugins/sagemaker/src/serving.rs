@@ -374,6 +374,35 @@ pub fn after_update(
     )
 }
 
+/// The config traffic moves away from: what the endpoint serves (after a rolled-back update
+/// that is not what the ref says), unless that is already this revision's, a retry after
+/// UpdateEndpoint went out: then the one the ref says, which the host keeps until an update
+/// returns.
+pub fn previous_config(data: &EndpointData, live: &Endpoint, revision: u32) -> String {
+    if live.config_name.is_empty()
+        || names::revision_of(&data.endpoint, &live.config_name) == Some(revision)
+    {
+        data.config.clone()
+    } else {
+        live.config_name.clone()
+    }
+}
+
+/// Whether UpdateEndpoint is still to be sent. SageMaker takes it only from an endpoint that
+/// is not already changing, so while it is, the update is `unavailable` (retried later).
+pub fn needs_update(live: &Endpoint, plan: &Plan) -> Result<bool, BackendError> {
+    if live.config_name == plan.config.name {
+        return Ok(false);
+    }
+    match live.status.as_str() {
+        "InService" | "Failed" => Ok(true),
+        other => Err(BackendError::Unavailable(format!(
+            "endpoint {} is {other}; it can be updated once it is InService",
+            live.name
+        ))),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Calls to the host.
 
@@ -434,16 +463,8 @@ pub fn update(
     let settings = settings::load(ctx)?;
     let data = EndpointData::from_ref(current)?;
     let live = sagemaker::describe_endpoint(&data.endpoint)?;
-    // The config traffic moves away from: what the endpoint serves, unless that is already
-    // this revision's (a retry after UpdateEndpoint went out), then what the ref says.
     let revision = ctx.revision.max(1);
-    let previous_config = if names::revision_of(&data.endpoint, &live.config_name) == Some(revision)
-        || live.config_name.is_empty()
-    {
-        data.config.clone()
-    } else {
-        live.config_name.clone()
-    };
+    let previous_config = previous_config(&data, &live, revision);
     let previous = match sagemaker::describe_endpoint_config(&previous_config) {
         Ok(variants) => variants,
         // Only a canary needs what it held; without one the new revision takes all traffic.
@@ -453,13 +474,7 @@ pub fn update(
     let stable = spec.canary_percent.and_then(|_| stable_variant(&previous));
     let plan = plan(ctx, spec, &settings, stable)?;
     create(&plan)?;
-    if live.config_name != plan.config.name {
-        if live.status != "InService" && live.status != "Failed" {
-            return Err(BackendError::Unavailable(format!(
-                "endpoint {} is {}; SageMaker updates it once it is InService",
-                data.endpoint, live.status
-            )));
-        }
+    if needs_update(&live, &plan)? {
         sagemaker::update_endpoint(&data.endpoint, &plan.config.name)?;
     }
     let previous_models: Vec<String> = previous.iter().map(|v| v.model_name.clone()).collect();
@@ -976,6 +991,45 @@ mod tests {
         );
         assert_eq!(again, next);
         assert!(sc.is_empty() && sm.is_empty());
+    }
+
+    #[test]
+    fn an_update_moves_traffic_away_from_what_serves() {
+        let d = data();
+        // The usual case: the endpoint serves what the ref says.
+        let live = endpoint("InService", "mlgw-e0193ab-r2-0000000c");
+        assert_eq!(previous_config(&d, &live, 3), "mlgw-e0193ab-r2-0000000c");
+        // Revision 2 was rolled back: revision 1's config still serves, so it is the stable one.
+        let live = endpoint("InService", "mlgw-e0193ab-r1-0000000c");
+        assert_eq!(previous_config(&d, &live, 3), "mlgw-e0193ab-r1-0000000c");
+        // A retry of revision 3 after UpdateEndpoint went out: the endpoint has 3's config
+        // already, and what it moves away from is still the ref's.
+        let live = endpoint("Updating", "mlgw-e0193ab-r3-12345678");
+        assert_eq!(previous_config(&d, &live, 3), "mlgw-e0193ab-r2-0000000c");
+        assert_eq!(previous_config(&d, &endpoint("InService", ""), 3), d.config);
+    }
+
+    #[test]
+    fn update_endpoint_is_sent_once_and_only_to_a_settled_endpoint() {
+        let p = plan(&ctx(3), &spec(), &settings(), None).unwrap();
+        let old = "mlgw-e0193ab-r2-0000000c";
+        assert!(needs_update(&endpoint("InService", old), &p).unwrap());
+        assert!(needs_update(&endpoint("Failed", old), &p).unwrap());
+        // A retry: the endpoint has this revision's config already, whatever its status.
+        assert!(!needs_update(&endpoint("Updating", &p.config.name), &p).unwrap());
+        assert!(!needs_update(&endpoint("InService", &p.config.name), &p).unwrap());
+        for busy in [
+            "Creating",
+            "Updating",
+            "SystemUpdating",
+            "RollingBack",
+            "Deleting",
+        ] {
+            match needs_update(&endpoint(busy, old), &p) {
+                Err(BackendError::Unavailable(m)) => assert!(m.contains(busy), "{m}"),
+                other => panic!("{busy}: {other:?}"),
+            }
+        }
     }
 
     #[test]
