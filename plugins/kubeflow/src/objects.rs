@@ -485,7 +485,7 @@ pub fn build(
             "kind": s.kind.name(),
             "metadata": metadata(ctx, s),
             "spec": {
-                "backoffLimit": s.backoff_limit,
+                "backoffLimit": s.backoff_limit.unwrap_or(0),
                 "activeDeadlineSeconds": deadline,
                 "ttlSecondsAfterFinished": s.ttl_seconds_after_finished,
                 "template": pod_template(ctx, s, &p, Some(restart_word(s.restart_policy))),
@@ -716,6 +716,11 @@ mod tests {
             1
         );
         assert!(c.get("workingDir").is_none());
+        assert_eq!(
+            o["spec"]["runPolicy"],
+            json!({"cleanPodPolicy": "None", "activeDeadlineSeconds": 3600}),
+            "no backoff limit unless the settings give one"
+        );
         // No nodes asked: one Master, no Worker.
         let mut one = spec();
         one.resources.nodes = 0;

@@ -150,7 +150,11 @@ pub struct Settings {
     pub gpu_types: BTreeMap<String, GpuType>,
     /// A Kueue LocalQueue: jobs carry `kueue.x-k8s.io/queue-name` and wait for admission.
     pub queue: Option<String>,
-    pub backoff_limit: u32,
+    /// Retries before the job fails. Unset: a PyTorchJob fails when a replica fails under
+    /// `restart_policy = "Never"` (and keeps its pods, so their logs and reasons can be read;
+    /// the Training Operator deletes the pods of a job past an explicit limit), and a batch
+    /// Job gets 0 rather than Kubernetes' 6, so a failure is reported, not retried unseen.
+    pub backoff_limit: Option<u32>,
     pub restart_policy: RestartPolicy,
     pub clean_pod_policy: CleanPodPolicy,
     pub ttl_seconds_after_finished: Option<u32>,
@@ -189,7 +193,7 @@ impl Default for Settings {
             gpu_resource: "nvidia.com/gpu".into(),
             gpu_types: BTreeMap::new(),
             queue: None,
-            backoff_limit: 0,
+            backoff_limit: None,
             restart_policy: RestartPolicy::default(),
             clean_pod_policy: CleanPodPolicy::default(),
             ttl_seconds_after_finished: None,
@@ -349,7 +353,7 @@ mod tests {
         assert_eq!(s.gpu_resource, "nvidia.com/gpu");
         assert_eq!(s.restart_policy, RestartPolicy::Never);
         assert_eq!(s.clean_pod_policy, CleanPodPolicy::None);
-        assert_eq!(s.backoff_limit, 0);
+        assert_eq!(s.backoff_limit, None);
         assert_eq!(s.init_image, "busybox:1.36");
         assert_eq!(s.pod_check_ms(), 10_000);
         assert_eq!(s.output_for("j-1"), None);

@@ -209,6 +209,20 @@ pub fn pod_note(pod: &Value) -> Option<PodNote> {
             });
         }
     }
+    for c in container_statuses(pod) {
+        let t = &c["state"]["terminated"];
+        if let Some(code) = t["exitCode"].as_i64().filter(|c| *c != 0) {
+            let reason = t["reason"].as_str().unwrap_or("Error");
+            return Some(PodNote {
+                message: format!(
+                    "pod {name}, container {}: exit code {code} ({})",
+                    c["name"].as_str().unwrap_or("?"),
+                    with_message(reason, t["message"].as_str())
+                ),
+                fatal: false,
+            });
+        }
+    }
     let conds = pod["status"]["conditions"].as_array().into_iter().flatten();
     for c in conds {
         if c["type"] == "PodScheduled" && c["status"] == "False" {
@@ -251,6 +265,11 @@ pub fn combine(o: Observed, note: Option<PodNote>) -> Observed {
         // The operator's "1 Master replica(s) failed" says less than the pod's OOMKilled.
         JobState::Failed(why) if n.fatal => Observed {
             state: JobState::Failed(format!("{}; {why}", n.message)),
+            ..o
+        },
+        // What the failed container said, after the operator's verdict.
+        JobState::Failed(why) => Observed {
+            state: JobState::Failed(format!("{why}; {}", n.message)),
             ..o
         },
         _ => o,
@@ -491,6 +510,32 @@ mod tests {
             Some(WAITING_FOR_QUOTA.into()),
         );
         assert_eq!(combine(quota.clone(), Some(note)), quota);
+        let exited = pod(
+            "p-master-0",
+            json!({"phase": "Failed", "containerStatuses": [{"name": "pytorch",
+                "state": {"terminated": {"exitCode": 1, "reason": "Error", "message": "boom"}}}]}),
+        );
+        let n = pod_note(&exited).unwrap();
+        assert!(!n.fatal);
+        assert_eq!(
+            n.message,
+            "pod p-master-0, container pytorch: exit code 1 (Error: boom)"
+        );
+        let r = combine(
+            obs(
+                JobState::Failed("PyTorchJobFailed: backoff limit".into()),
+                "Failed",
+                None,
+            ),
+            Some(n),
+        );
+        assert_eq!(
+            r.state,
+            JobState::Failed(
+                "PyTorchJobFailed: backoff limit; pod p-master-0, container pytorch: exit code 1 (Error: boom)"
+                    .into()
+            )
+        );
         let done = obs(JobState::Succeeded, "Succeeded", None);
         assert_eq!(combine(done.clone(), Some(oom)), done);
     }
