@@ -12,6 +12,11 @@ const TARGET: &str = "wasm32-wasip2";
 const COMPONENTS: &[(&str, &str, &str)] = &[
     ("mlgw-plugin-local", "mlgw_plugin_local.wasm", "local.wasm"),
     (
+        "mlgw-plugin-kubeflow",
+        "mlgw_plugin_kubeflow.wasm",
+        "kubeflow.wasm",
+    ),
+    (
         "mlgw-fixture-hostile",
         "mlgw_fixture_hostile.wasm",
         "hostile.wasm",
@@ -28,6 +33,7 @@ const INPUTS: &[&str] = &[
     "wit",
     "sdk/rust",
     "plugins/local",
+    "plugins/kubeflow",
     "tests/fixtures/plugins",
     "Cargo.lock",
     // profiles, e.g. the local plugin's opt-level
