@@ -48,6 +48,9 @@ fn config(c: &Cluster, artifacts: &str) -> String {
         "default_target = \"kubeflow\"\n".to_string(),
         target("kubeflow", &c.gateway, &runs_for("3s"), ""),
         target("kubeflow-long", &c.gateway, &runs_for("10m"), ""),
+        // As an operator would run it: pods read every pod_check_seconds' default (10 s).
+        target("kubeflow-measure", &c.gateway, &runs_for("10m"), "")
+            .replace("pod_check_seconds = 1, ", ""),
         target("kubeflow-restart", &c.gateway, &runs_for("25s"), ""),
         target(
             "kubeflow-fail",
@@ -366,6 +369,25 @@ async fn a_two_node_gpu_job_from_the_cli_runs_its_code_on_the_gpu_node() {
 }
 
 #[tokio::test]
+async fn logs_followed_from_before_the_pods_start_end_with_the_job() {
+    let c = cluster();
+    let (_d, gw) = gateway(c).await;
+    let mut t = gw.training().await;
+    let job = submit(&mut t, "kubeflow", spec(&["python", "train.py"]))
+        .await
+        .unwrap();
+    // Followed at once: the pod does not exist or has not started yet, which is no error, and
+    // the stream ends by itself once the job has ended and its log is drained.
+    let lines = tokio::time::timeout(Duration::from_secs(120), logs(&mut t, &job.id, true))
+        .await
+        .expect("the followed log did not end with the job");
+    assert_eq!(lines, fake_lines());
+    // The log ends once the object has; the record follows at the next status poll.
+    let done = wait_job(&mut t, &job.id, Duration::from_secs(30)).await;
+    assert_eq!(state(&done), pb::JobState::Succeeded);
+}
+
+#[tokio::test]
 async fn more_gpus_than_any_node_has_waits_and_says_why() {
     let c = cluster();
     let (_d, gw) = gateway(c).await;
@@ -637,6 +659,45 @@ async fn rbac_and_the_crd_schema_come_back_as_clear_status_codes() {
     }
 }
 
+#[tokio::test]
+async fn the_target_advertises_training_and_serving_is_unimplemented() {
+    let c = cluster();
+    let (_d, gw) = gateway(c).await;
+    let mut targets = TargetServiceClient::new(gw.channel().await);
+    let t = targets
+        .get(pb::GetTargetRequest {
+            name: "kubeflow".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(t.plugin, "kubeflow");
+    assert_eq!(
+        t.features,
+        [
+            pb::Feature::Training as i32,
+            pb::Feature::TrainingLogs as i32,
+            pb::Feature::TrainingCancel as i32
+        ]
+    );
+    let err = gw
+        .serving()
+        .await
+        .deploy(pb::DeployRequest {
+            target: "kubeflow".into(),
+            spec: Some(pb::EndpointSpec {
+                name: "iris".into(),
+                model_uri: "s3://b/model/".into(),
+                model_format: "sklearn".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{}", err.message());
+}
+
 /// `apiserver_request_total` for the requests this plugin makes (GET of PyTorchJobs, LIST of
 /// pods, pod logs), summed over every other label.
 async fn request_counts(c: &Cluster) -> (f64, f64, f64) {
@@ -685,7 +746,7 @@ async fn measure_time_to_running_and_requests_per_minute() {
     let (_d, gw) = gateway(c).await;
     let mut t = gw.training().await;
     let submitted = Instant::now();
-    let job = submit(&mut t, "kubeflow-long", spec(&["python", "train.py"]))
+    let job = submit(&mut t, "kubeflow-measure", spec(&["python", "train.py"]))
         .await
         .unwrap();
     let to_running = time_to_running(&mut t, &job.id, submitted).await;

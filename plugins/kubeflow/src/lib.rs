@@ -111,6 +111,19 @@ fn pods(kind: Kind, r: &JobRef) -> Result<Vec<Value>, BackendError> {
     Ok(all)
 }
 
+/// Whether this status call reads the job's pods: each one is a list request, so only every
+/// `check_ms` while nothing changes, at once when the state word does, and once more for a
+/// failed job, whose pods may say more than its operator.
+fn pods_due(o: &status::Observed, r: &JobRef, now_ms: u64, check_ms: u64) -> bool {
+    match &o.state {
+        JobState::Succeeded | JobState::Cancelled => false,
+        JobState::Failed(_) => true,
+        // Waiting for quota or stopping: the object's own story, no pod to ask.
+        _ if matches!(o.raw.as_str(), "Suspended" | "Terminating") => false,
+        _ => o.raw != r.raw || now_ms.saturating_sub(r.pods_at) >= check_ms,
+    }
+}
+
 fn job_ref_of(stored: &Value, output: Option<String>) -> JobRef {
     let meta = &stored["metadata"];
     let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
@@ -193,15 +206,7 @@ impl Backend for Kubeflow {
         let o = status::state_of(kind, &obj);
         let before = r.clone();
         let now = time::now_ms();
-        let check = match &o.state {
-            JobState::Succeeded | JobState::Cancelled => false,
-            // The last reading of a failed job: the pods may say more than the operator.
-            JobState::Failed(_) => true,
-            // Waiting for quota or stopping: the object's own story, no pod to ask.
-            _ if matches!(o.raw.as_str(), "Suspended" | "Terminating") => false,
-            _ => o.raw != r.raw || now.saturating_sub(r.pods_at) >= s.pod_check_ms(),
-        };
-        let note = if check {
+        let note = if pods_due(&o, &r, now, s.pod_check_ms()) {
             let note = status::first_note(&pods(kind, &r)?);
             r.pods_at = now;
             r.note = note.as_ref().map(|n| n.message.clone());
@@ -298,6 +303,55 @@ mlgw_plugin_sdk::export_backend!(Kubeflow);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pods_are_read_on_change_and_then_every_check_interval() {
+        let o = |state, raw: &str| status::Observed {
+            state,
+            raw: raw.into(),
+            message: None,
+        };
+        let r = JobRef {
+            raw: "Running".into(),
+            pods_at: 100_000,
+            ..Default::default()
+        };
+        let running = o(JobState::Running, "Running");
+        assert!(!pods_due(&running, &r, 105_000, 10_000));
+        assert!(pods_due(&running, &r, 110_000, 10_000));
+        // The state word changed: at once.
+        assert!(pods_due(
+            &o(JobState::Running, "Restarting"),
+            &r,
+            100_001,
+            10_000
+        ));
+        assert!(pods_due(
+            &o(JobState::Failed("x".into()), "Failed"),
+            &r,
+            100_001,
+            10_000
+        ));
+        assert!(!pods_due(
+            &o(JobState::Succeeded, "Succeeded"),
+            &r,
+            900_000,
+            10_000
+        ));
+        assert!(!pods_due(
+            &o(JobState::Pending, "Suspended"),
+            &r,
+            900_000,
+            10_000
+        ));
+        // The first call after submit (no reading yet) reads them.
+        assert!(pods_due(
+            &o(JobState::Pending, "Created"),
+            &JobRef::default(),
+            5,
+            10_000
+        ));
+    }
 
     #[test]
     fn refs_round_trip() {
