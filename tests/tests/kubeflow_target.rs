@@ -517,6 +517,98 @@ async fn a_gateway_restarted_mid_job_adopts_it_and_follows_it_to_the_end() {
     assert_eq!(texts, fake_lines());
 }
 
+/// The crash between "object created" and "record updated", caused for real: the target's
+/// API server is unreachable at submit (the job waits, pending, under its id), the object the
+/// lost submit would have made is created meanwhile, and the restarted gateway's retry finds
+/// it. One carrying the job's id is adopted, not applied again; one of another job is a
+/// conflict, never taken over.
+#[tokio::test]
+async fn a_retried_submit_adopts_its_own_object_and_refuses_anothers() {
+    let c = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let unreachable = dir.path().join("unreachable.kubeconfig");
+    let kc = std::fs::read_to_string(&c.gateway).unwrap();
+    let server = kc
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .unwrap()
+        .to_string();
+    // Port 1 on loopback: nothing listens, connections are refused at once.
+    std::fs::write(&unreachable, kc.replace(&server, "https://127.0.0.1:1")).unwrap();
+    let config = |kubeconfig: &Path| {
+        format!(
+            "default_target = \"kubeflow\"\n{}",
+            target("kubeflow", kubeconfig, &runs_for("2s"), "")
+        )
+    };
+    let data = dir.path().join("data");
+    let mut gw = Gateway::start(BIN, &data, Some(&config(&unreachable))).await;
+    let mut t = gw.training().await;
+    let mine = submit(&mut t, "kubeflow", spec(&["python", "train.py"]))
+        .await
+        .expect("an unreachable target leaves the job pending");
+    let other = submit(&mut t, "kubeflow", spec(&["python", "train.py"]))
+        .await
+        .unwrap();
+    for j in [&mine, &other] {
+        assert_eq!(state(j), pb::JobState::Pending, "{j:?}");
+        assert!(j.message.contains("waiting for the target"), "{j:?}");
+    }
+
+    let api: Api<DynamicObject> = Api::namespaced_with(client(&c.admin).await, NS, &ptj_resource());
+    let create = |name: String, owner: &str| {
+        let api = api.clone();
+        let obj = json!({
+            "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
+            "metadata": {"name": name, "annotations": {"mlgw.dev/job-id": owner},
+                         "labels": {"mlgw.dev/job-id": owner}},
+            "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "restartPolicy": "Never",
+                "template": {"metadata": {"annotations": {"mlgw.dev/fake-duration": "2s"}},
+                    "spec": {"containers": [{"name": "pytorch", "image": "busybox"}]}}}}}
+        });
+        async move {
+            let obj: DynamicObject = serde_json::from_value(obj).unwrap();
+            api.create(&Default::default(), &obj).await.unwrap();
+        }
+    };
+    create(mlgw::domain::backend_name(&mine.id), &mine.id).await;
+    create(mlgw::domain::backend_name(&other.id), "j-someone-else").await;
+
+    std::fs::write(data.with_extension("toml"), config(&c.gateway)).unwrap();
+    gw.restart().await;
+    let mut t = gw.training().await;
+    let done = wait_job(&mut t, &mine.id, Duration::from_secs(120)).await;
+    assert_eq!(state(&done), pb::JobState::Succeeded, "{done:?}");
+    // Adopted as it was: the gateway never applied it (no field manager of its own on it).
+    let adopted = api
+        .get(&mlgw::domain::backend_name(&mine.id))
+        .await
+        .unwrap();
+    let managers: Vec<String> = adopted
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(!managers.iter().any(|m| m == "mlgw"), "{managers:?}");
+    let refused = wait_job(&mut t, &other.id, Duration::from_secs(60)).await;
+    assert_eq!(state(&refused), pb::JobState::Failed, "{refused:?}");
+    assert!(
+        refused.message.contains("belongs to job j-someone-else"),
+        "{}",
+        refused.message
+    );
+    let theirs = api
+        .get(&mlgw::domain::backend_name(&other.id))
+        .await
+        .unwrap();
+    assert_eq!(
+        theirs.metadata.annotations.unwrap()["mlgw.dev/job-id"],
+        "j-someone-else"
+    );
+}
+
 #[tokio::test]
 async fn a_job_kind_target_runs_a_batch_job() {
     let c = cluster();
