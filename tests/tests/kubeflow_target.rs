@@ -425,6 +425,11 @@ async fn more_gpus_than_any_node_has_waits_and_says_why() {
         .unwrap();
     let done = wait_job(&mut t, &id, Duration::from_secs(60)).await;
     assert_eq!(state(&done), pb::JobState::Cancelled, "{done:?}");
+    // Its pod never started: the log is empty, and complete rather than waited on forever.
+    let lines = tokio::time::timeout(Duration::from_secs(60), logs(&mut t, &id, true))
+        .await
+        .expect("the log of a job cancelled before it started did not end");
+    assert!(lines.is_empty(), "{lines:?}");
 }
 
 #[tokio::test]

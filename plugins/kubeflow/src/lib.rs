@@ -275,9 +275,10 @@ impl Backend for Kubeflow {
             };
             let text = match kube::pod_logs(&req) {
                 Ok(t) => t,
-                // Not started yet (or already cleaned up): no lines, not an error.
+                // Not started yet (or already cleaned up): no lines, not an error. A pod still
+                // pending once the job has ended never starts, so it has nothing to wait for.
                 Err(BackendError::InvalidSpec(_) | BackendError::NotFound(_)) => {
-                    if pod["status"]["phase"] == "Pending" {
+                    if !ended && pod["status"]["phase"] == "Pending" {
                         drained = false;
                     }
                     continue;
