@@ -17,6 +17,11 @@ const COMPONENTS: &[(&str, &str, &str)] = &[
         "sagemaker.wasm",
     ),
     (
+        "mlgw-plugin-kubeflow",
+        "mlgw_plugin_kubeflow.wasm",
+        "kubeflow.wasm",
+    ),
+    (
         "mlgw-fixture-hostile",
         "mlgw_fixture_hostile.wasm",
         "hostile.wasm",
@@ -34,6 +39,7 @@ const INPUTS: &[&str] = &[
     "sdk/rust",
     "plugins/local",
     "plugins/sagemaker",
+    "plugins/kubeflow",
     "tests/fixtures/plugins",
     "Cargo.lock",
     // profiles, e.g. the plugins' opt-level

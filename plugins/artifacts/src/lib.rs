@@ -10,6 +10,9 @@ pub const LOCAL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/local.wasm"))
 /// The `sagemaker` target's plugin component.
 pub const SAGEMAKER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sagemaker.wasm"));
 
+/// The in-cluster training target's plugin component (`plugins/kubeflow`).
+pub const KUBEFLOW: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kubeflow.wasm"));
+
 /// Absolute path of the misbehaving test plugin (`tests/fixtures/plugins/hostile`); load it
 /// from disk in tests.
 pub const HOSTILE_PATH: &str = concat!(env!("OUT_DIR"), "/hostile.wasm");
@@ -20,7 +23,11 @@ pub const KUBE_MANIFEST_PATH: &str = concat!(env!("OUT_DIR"), "/kube-manifest.wa
 
 /// The plugins built into the gateway, by the name a target's `plugin` setting uses.
 pub fn bundled() -> &'static [(&'static str, &'static [u8])] {
-    &[("local", LOCAL), ("sagemaker", SAGEMAKER)]
+    &[
+        ("local", LOCAL),
+        ("sagemaker", SAGEMAKER),
+        ("kubeflow", KUBEFLOW),
+    ]
 }
 
 #[cfg(test)]
@@ -35,9 +42,10 @@ mod tests {
     fn bundles_components() {
         assert!(is_component(LOCAL));
         assert!(is_component(SAGEMAKER));
+        assert!(is_component(KUBEFLOW));
         assert_eq!(
             bundled().iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-            ["local", "sagemaker"]
+            ["local", "sagemaker", "kubeflow"]
         );
         for path in [HOSTILE_PATH, KUBE_MANIFEST_PATH] {
             assert!(is_component(&std::fs::read(path).unwrap()), "{path}");
