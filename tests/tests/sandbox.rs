@@ -229,4 +229,14 @@ async fn oversized_answers_fail_their_own_call_and_never_grow_the_store() {
     let err = s.next().await.expect("an answer").unwrap_err();
     assert_eq!(err.code(), Code::Internal, "{}", err.message());
     assert!(err.message().contains("asked for"), "{}", err.message());
+
+    // A page shorter than asked for is no end: a plugin cuts pages by its own limits, and a
+    // read without follow goes on until a page brings nothing.
+    let j = submit(&mut c, "hostile", named("short-log-pages"))
+        .await
+        .unwrap();
+    assert_eq!(
+        logs(&mut c, &j.id, false).await,
+        ["line 0", "line 1", "line 2"]
+    );
 }

@@ -322,7 +322,9 @@ impl Gateway {
                 }
                 skip = 0;
                 cursor = Some(page.next_cursor);
-                if page.complete || (!follow && n < LOG_PAGE as usize) {
+                // Without follow, read until a page brings nothing new: a short page is no
+                // end, since the host cuts pages by size and a backend by its own limits.
+                if page.complete || (!follow && n == 0) {
                     return;
                 }
                 if n == 0 {
