@@ -9,7 +9,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
-use crate::capabilities::{CallCapabilities, Capabilities, HasCapabilities};
+use crate::capabilities::{CallCapabilities, CallIdentity, Capabilities, HasCapabilities};
 
 /// The guest path the process root is preopened at.
 pub const WORK_DIR: &str = "/work";
@@ -34,6 +34,7 @@ impl HostState {
         target: &Arc<str>,
         caps: &Capabilities,
         memory_cap: usize,
+        id: CallIdentity,
         scope: Arc<[String]>,
     ) -> wasmtime::Result<Self> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
@@ -52,7 +53,7 @@ impl HostState {
                 exceeded: false,
             },
             stderr,
-            caps: caps.for_call(target, scope),
+            caps: caps.for_call(target, id, scope),
         })
     }
 
