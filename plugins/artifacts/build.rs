@@ -12,6 +12,11 @@ const TARGET: &str = "wasm32-wasip2";
 const COMPONENTS: &[(&str, &str, &str)] = &[
     ("mlgw-plugin-local", "mlgw_plugin_local.wasm", "local.wasm"),
     (
+        "mlgw-plugin-sagemaker",
+        "mlgw_plugin_sagemaker.wasm",
+        "sagemaker.wasm",
+    ),
+    (
         "mlgw-fixture-hostile",
         "mlgw_fixture_hostile.wasm",
         "hostile.wasm",
@@ -28,9 +33,10 @@ const INPUTS: &[&str] = &[
     "wit",
     "sdk/rust",
     "plugins/local",
+    "plugins/sagemaker",
     "tests/fixtures/plugins",
     "Cargo.lock",
-    // profiles, e.g. the local plugin's opt-level
+    // profiles, e.g. the plugins' opt-level
     "Cargo.toml",
 ];
 

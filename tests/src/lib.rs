@@ -1,6 +1,7 @@
 //! Test harness: starts the real gateway binary on a fresh data dir, connects to it, and waits
 //! on conditions with bounds (never on luck).
 
+pub mod aws;
 pub mod cluster;
 pub mod model_server;
 pub mod moto;

@@ -107,7 +107,7 @@ async fn watch_until(k: &KubeCapability, r: &ObjectRef, conditions: &[&str]) -> 
             r.kind,
             r.name
         );
-        let events = k.watch(r, &rv, 10).await.expect("watch");
+        let events = k.watch(r, &rv, 10, None).await.expect("watch");
         for ev in events {
             let obj: Value = serde_json::from_str(&ev.object).unwrap();
             if let Some(v) = obj["metadata"]["resourceVersion"].as_str() {
@@ -174,19 +174,20 @@ async fn a_pytorchjob_runs_through_the_operator_to_success() {
         pod: master.clone(),
         container: Some("pytorch".into()),
         since_seconds: None,
+        since_time: None,
         tail_lines,
         limit_bytes: None,
         timestamps: false,
         follow_ms: 0,
     };
-    let all = k.pod_logs(&request(None)).await.expect("pod logs");
+    let all = k.pod_logs(&request(None), None).await.expect("pod logs");
     assert_eq!(
         all.lines().collect::<Vec<_>>(),
         (1..=3)
             .map(|i| format!("fake training log line {i}"))
             .collect::<Vec<_>>()
     );
-    let last = k.pod_logs(&request(Some(1))).await.expect("tail");
+    let last = k.pod_logs(&request(Some(1)), None).await.expect("tail");
     assert_eq!(last.trim_end(), "fake training log line 3");
 
     // Foreground deletion takes the pods with it.
@@ -482,7 +483,7 @@ async fn an_object_past_the_limit_is_refused_and_one_within_it_comes_as_the_serv
     over_limit(k.get(&configmap_ref(&big)).await.map(drop), "get");
     // Its one ADDED event can never fit in a watch answer either.
     over_limit(
-        k.watch(&configmap_ref(&big), "", 5).await.map(drop),
+        k.watch(&configmap_ref(&big), "", 5, None).await.map(drop),
         "watch",
     );
 
@@ -528,7 +529,7 @@ async fn a_watch_returns_the_events_that_fit_and_resumes_after_them() {
     while seen.len() < want.len() {
         answers += 1;
         assert!(answers <= want.len(), "watch never caught up: {seen:?}");
-        let events = k.watch(&r, &rv, 5).await.expect("watch");
+        let events = k.watch(&r, &rv, 5, None).await.expect("watch");
         assert!(!events.is_empty(), "the changes were already there");
         let bytes: usize = events.iter().map(|e| e.object.len()).sum();
         assert!(
@@ -546,5 +547,34 @@ async fn a_watch_returns_the_events_that_fit_and_resumes_after_them() {
     assert!(answers > 1, "all six changes fit in one answer");
     assert_eq!(seen, want);
 
+    cms.remove().await;
+}
+
+#[tokio::test]
+async fn a_watch_gives_back_what_it_has_before_its_calls_deadline() {
+    let c = cluster();
+    let cms = ConfigMaps::new(&c.admin, "deadline").await;
+    let name = format!("{}-cm", cms.run);
+    let created = cms.create(&name, 16).await;
+    let k = configmap_capability(&c.admin).await;
+    let r = configmap_ref(&name);
+    // Asked to wait 30 s inside a call that ends in 2 s: it answers (with nothing new) before
+    // the call's end instead of running into it and losing everything.
+    let started = tokio::time::Instant::now();
+    let until = started + Duration::from_secs(2);
+    let events = k
+        .watch(
+            &r,
+            created.metadata.resource_version.as_deref().unwrap(),
+            30,
+            Some(until),
+        )
+        .await
+        .expect("the watch answers");
+    assert!(events.is_empty(), "{events:?}");
+    assert!(
+        tokio::time::Instant::now() <= until + Duration::from_millis(500),
+        "it waited past the call's deadline"
+    );
     cms.remove().await;
 }

@@ -635,11 +635,15 @@ impl KubeCapability {
         Ok(())
     }
 
+    /// Waits at most `timeout_seconds`, and never past `until` (the plugin call's deadline,
+    /// less a margin to hand back what arrived): a watch that outlived the call would be cut
+    /// off with everything it had read.
     pub async fn watch(
         &self,
         r: &ObjectRef,
         resource_version: &str,
         timeout_seconds: u32,
+        until: Option<tokio::time::Instant>,
     ) -> Result<Vec<WitEvent>, BackendError> {
         let api = self.api(&r.api_version, &r.kind, &r.namespace).await?;
         let timeout = timeout_seconds.clamp(1, MAX_WATCH_SECONDS);
@@ -653,14 +657,21 @@ impl KubeCapability {
         };
         let req = Request::new(api.resource_url()).watch(&wp, rv);
         let body = self.send(req).await.map_err(map_error)?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout as u64 + 5);
+        let mut deadline = tokio::time::Instant::now() + Duration::from_secs(timeout as u64 + 5);
+        if let Some(until) = until {
+            deadline = deadline.min(until);
+        }
         let what = format!("{} {}", r.kind, r.name);
         watch_events(&mut Lines::new(body), self.max_document, deadline, &what).await
     }
 
     /// At most `limit-bytes` (never more than the capability's limit) of the log: the log is
     /// cut there, as the API server's own `limitBytes` cuts it.
-    pub async fn pod_logs(&self, req: &LogRequest) -> Result<String, BackendError> {
+    pub async fn pod_logs(
+        &self,
+        req: &LogRequest,
+        until: Option<tokio::time::Instant>,
+    ) -> Result<String, BackendError> {
         let Some(ns) = self.authorize("v1", "Pod", &req.namespace)? else {
             return Err(invalid("kind", "pods are namespaced"));
         };
@@ -669,9 +680,16 @@ impl KubeCapability {
             usize::try_from(b).map_or(self.max_document, |b| b.min(self.max_document))
         });
         let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(self.client.clone(), &ns);
+        let since_time = match req.since_time.as_deref() {
+            None => None,
+            Some(t) => Some(t.parse::<jiff::Timestamp>().map_err(|e| {
+                invalid("since-time", format!("{t:?} is not an RFC 3339 time: {e}"))
+            })?),
+        };
         let lp = LogParams {
             container: req.container.clone(),
             since_seconds: req.since_seconds.map(|s| s as i64),
+            since_time,
             tail_lines: req.tail_lines.map(i64::from),
             limit_bytes: Some(limit as i64),
             timestamps: req.timestamps,
@@ -684,7 +702,10 @@ impl KubeCapability {
         if req.follow_ms == 0 {
             read_into(&mut body, &mut out, limit).await?;
         } else {
-            let follow = Duration::from_millis(req.follow_ms.min(MAX_FOLLOW_MS) as u64);
+            let mut follow = Duration::from_millis(req.follow_ms.min(MAX_FOLLOW_MS) as u64);
+            if let Some(until) = until {
+                follow = follow.min(until.saturating_duration_since(tokio::time::Instant::now()));
+            }
             match tokio::time::timeout(follow, read_into(&mut body, &mut out, limit)).await {
                 Ok(read) => {
                     read?;
@@ -700,15 +721,24 @@ impl KubeCapability {
     }
 }
 
-/// The capability as one call's Store sees it: granted or not.
+/// What a waiting call keeps back from its plugin call's deadline, to hand back what arrived.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
+
+/// The capability as one call's Store sees it: granted or not, and until when it may wait.
 pub struct KubeCall {
     target: Arc<str>,
     cap: Option<Arc<KubeCapability>>,
+    until: Option<tokio::time::Instant>,
 }
 
 impl KubeCall {
-    pub fn new(target: Arc<str>, cap: Option<Arc<KubeCapability>>) -> Self {
-        Self { target, cap }
+    pub fn new(
+        target: Arc<str>,
+        cap: Option<Arc<KubeCapability>>,
+        deadline: Option<std::time::Instant>,
+    ) -> Self {
+        let until = deadline.map(|d| tokio::time::Instant::from_std(d) - DEADLINE_MARGIN);
+        Self { target, cap, until }
     }
 
     fn granted(&self) -> Result<Arc<KubeCapability>, BackendError> {
@@ -779,7 +809,10 @@ impl wit::Host for KubeCall {
         timeout_seconds: u32,
     ) -> wasmtime::Result<Result<Vec<WitEvent>, BackendError>> {
         Ok(match self.granted() {
-            Ok(k) => k.watch(&r, &resource_version, timeout_seconds).await,
+            Ok(k) => {
+                k.watch(&r, &resource_version, timeout_seconds, self.until)
+                    .await
+            }
             Err(e) => Err(e),
         })
     }
@@ -789,7 +822,7 @@ impl wit::Host for KubeCall {
         req: LogRequest,
     ) -> wasmtime::Result<Result<String, BackendError>> {
         Ok(match self.granted() {
-            Ok(k) => k.pod_logs(&req).await,
+            Ok(k) => k.pod_logs(&req, self.until).await,
             Err(e) => Err(e),
         })
     }

@@ -66,11 +66,12 @@ impl Capabilities {
         target: &Arc<str>,
         id: CallIdentity,
         scope: Arc<[String]>,
+        deadline: Option<std::time::Instant>,
     ) -> CallCapabilities {
         CallCapabilities {
             log: log::LogCall::new(self.log.clone()),
             process: process::ProcessCall::new(target.clone(), self.process.clone()),
-            kube: kube::KubeCall::new(target.clone(), self.kube.clone()),
+            kube: kube::KubeCall::new(target.clone(), self.kube.clone(), deadline),
             sagemaker: sagemaker::SagemakerCall::new(target.clone(), self.sagemaker.clone(), id),
             artifacts: artifacts::ArtifactsCall::new(
                 target.clone(),

@@ -485,11 +485,20 @@ impl Gateway {
                 ..
             }) => {
                 self.store.update_job(&job.id, |j| {
-                    j.transition(
-                        JobState::Failed,
-                        format!("the backend no longer knows this job: {m}"),
-                        now_ms(),
-                    );
+                    if j.state.is_terminal() {
+                        return false;
+                    }
+                    // A cancel that deletes the backend's object ends with the object gone:
+                    // that is the cancel done, not a failure.
+                    if j.cancel_requested {
+                        j.transition(JobState::Cancelled, "cancelled".into(), now_ms());
+                    } else {
+                        j.transition(
+                            JobState::Failed,
+                            format!("the backend no longer knows this job: {m}"),
+                            now_ms(),
+                        );
+                    }
                     true
                 })?;
                 Ok(())

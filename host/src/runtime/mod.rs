@@ -436,6 +436,7 @@ impl Runtime {
                 backend_name: backend_name.clone(),
             },
             scope,
+            deadline,
         )
         .map_err(|e| PluginError::Trap {
             target: target.name.clone(),

@@ -36,6 +36,7 @@ impl HostState {
         memory_cap: usize,
         id: CallIdentity,
         scope: Arc<[String]>,
+        deadline: std::time::Instant,
     ) -> wasmtime::Result<Self> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let mut b = WasiCtx::builder();
@@ -53,7 +54,7 @@ impl HostState {
                 exceeded: false,
             },
             stderr,
-            caps: caps.for_call(target, id, scope),
+            caps: caps.for_call(target, id, scope, Some(deadline)),
         })
     }
 

@@ -1,11 +1,14 @@
 //! The wasm components built from this workspace, fresh on every build.
 //!
-//! The build script compiles `plugins/local` and the test fixtures for wasm32-wasip2 with a
+//! The build script compiles `plugins/local`, `plugins/sagemaker` and the test fixtures for wasm32-wasip2 with a
 //! nested cargo (release profile) and places the components in OUT_DIR. Bundled plugins are
 //! embedded; fixtures are only referenced by path so they never ship inside the gateway.
 
 /// The `local` target's plugin component.
 pub const LOCAL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/local.wasm"));
+
+/// The `sagemaker` target's plugin component.
+pub const SAGEMAKER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sagemaker.wasm"));
 
 /// Absolute path of the misbehaving test plugin (`tests/fixtures/plugins/hostile`); load it
 /// from disk in tests.
@@ -17,7 +20,7 @@ pub const KUBE_MANIFEST_PATH: &str = concat!(env!("OUT_DIR"), "/kube-manifest.wa
 
 /// The plugins built into the gateway, by the name a target's `plugin` setting uses.
 pub fn bundled() -> &'static [(&'static str, &'static [u8])] {
-    &[("local", LOCAL)]
+    &[("local", LOCAL), ("sagemaker", SAGEMAKER)]
 }
 
 #[cfg(test)]
@@ -31,9 +34,10 @@ mod tests {
     #[test]
     fn bundles_components() {
         assert!(is_component(LOCAL));
+        assert!(is_component(SAGEMAKER));
         assert_eq!(
             bundled().iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-            ["local"]
+            ["local", "sagemaker"]
         );
         for path in [HOSTILE_PATH, KUBE_MANIFEST_PATH] {
             assert!(is_component(&std::fs::read(path).unwrap()), "{path}");

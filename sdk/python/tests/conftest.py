@@ -103,31 +103,19 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def python_exe() -> str:
-    """An interpreter with scikit-learn, for training jobs (``$MLGW_PYTHON``)."""
-    return os.environ.get("MLGW_PYTHON") or sys.executable
-
-
-@pytest.fixture(scope="session")
-def gateway(python_exe: str) -> Iterator[Gateway]:
-    binary = _binary()
-    root = Path(tempfile.mkdtemp(prefix="mlgw-sdk-tests-"))
-    log_path = root / "gateway.log"
-    env = dict(os.environ)
-    # The venv's bin first: mlserver, and the interpreter with scikit-learn. Not resolved:
-    # a venv's python is a symlink whose directory is what matters.
-    env["PATH"] = os.pathsep.join([str(Path(python_exe).parent), env.get("PATH", "")])
-    env.pop("MLGW_SERVER", None)
-    env.setdefault("RUST_LOG", "info")
-
+def start_gateway(
+    binary: str, root: Path, env: dict[str, str], log_path: Path, config: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Starts ``mlgw serve`` on a free loopback port with its data under ``root`` (and
+    ``config``, if given) and waits, with a bound, until it answers; fails the test if not."""
     proc = None
     address = ""
+    extra = ["--config", str(config)] if config else []
     with open(log_path, "ab") as log:
         for _attempt in range(3):  # another process may grab the free port first
             address = f"127.0.0.1:{_free_port()}"
             proc = subprocess.Popen(
-                [binary, "serve", "--data-dir", str(root / "data"), "--listen", address],
+                [binary, "serve", *extra, "--data-dir", str(root / "data"), "--listen", address],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -156,6 +144,28 @@ def gateway(python_exe: str) -> Iterator[Gateway]:
                 pytrace=False,
             )
     assert proc is not None
+    return proc, address
+
+
+@pytest.fixture(scope="session")
+def python_exe() -> str:
+    """An interpreter with scikit-learn, for training jobs (``$MLGW_PYTHON``)."""
+    return os.environ.get("MLGW_PYTHON") or sys.executable
+
+
+@pytest.fixture(scope="session")
+def gateway(python_exe: str) -> Iterator[Gateway]:
+    binary = _binary()
+    root = Path(tempfile.mkdtemp(prefix="mlgw-sdk-tests-"))
+    log_path = root / "gateway.log"
+    env = dict(os.environ)
+    # The venv's bin first: mlserver, and the interpreter with scikit-learn. Not resolved:
+    # a venv's python is a symlink whose directory is what matters.
+    env["PATH"] = os.pathsep.join([str(Path(python_exe).parent), env.get("PATH", "")])
+    env.pop("MLGW_SERVER", None)
+    env.setdefault("RUST_LOG", "info")
+
+    proc, address = start_gateway(binary, root, env, log_path)
     # A session leader (start_new_session): everything it starts shares its session id.
     session = proc.pid if os.getsid(proc.pid) == proc.pid else None
     gw = Gateway(
