@@ -886,6 +886,8 @@ impl SagemakerCapability {
         let ask = cursor.ask_for(limit).min(MAX_LOG_EVENTS as usize) as i32;
         let mut found = Vec::new();
         let mut token: Option<String> = None;
+        // FilterLogEvents answers every matching stream interleaved in time order, so the
+        // pages read so far hold the earliest new events: reading stops once they are enough.
         for _ in 0..MAX_LOG_REQUESTS {
             let res = self
                 .logs
