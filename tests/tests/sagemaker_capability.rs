@@ -933,7 +933,10 @@ async fn a_gateway_with_refused_or_missing_credentials_starts_shows_why_and_serv
             aws_env(aws::REFUSED_ACCESS_KEY_ID, "wrong"),
             "refused the gateway's credentials",
         ),
-        (aws_env("", ""), "credentials"),
+        (
+            aws_env("", ""),
+            "the gateway has no AWS credentials, nothing was sent",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let gw = Gateway::start_with_env(
@@ -952,6 +955,8 @@ async fn a_gateway_with_refused_or_missing_credentials_starts_shows_why_and_serv
             sm.health_message
         );
         assert!(sm.health_message.contains(reason), "{}", sm.health_message);
+        // One line: it is a cell of `mlgw targets`.
+        assert!(!sm.health_message.contains('\n'), "{}", sm.health_message);
         assert!(
             sm.grants.contains(&"sagemaker".to_string()),
             "{:?}",

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_sagemaker::config::http::HttpResponse;
 use aws_sdk_sagemaker::config::{Credentials, Region};
-use aws_sdk_sagemaker::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sagemaker::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sagemaker::types as sm;
 use aws_smithy_http_client::tls;
 use sha2::{Digest, Sha256};
@@ -232,15 +232,40 @@ where
             )
         }
         // Not sent, or no answer: no route to AWS, no credentials to sign with, a timeout.
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => BackendError::Unavailable(
-            format!("{op}: SageMaker not reached: {}", DisplayErrorContext(&e)),
-        ),
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            let text = one_line(&e);
+            // The SDK reports a credential chain that found nothing as a dispatch failure whose
+            // only mark is its text; the operator's fix differs, so it is said apart.
+            if text.contains("no credentials") || text.contains("credential provider") {
+                BackendError::Unavailable(format!(
+                    "{op}: the gateway has no AWS credentials, nothing was sent: {text}"
+                ))
+            } else {
+                BackendError::Unavailable(format!("{op}: SageMaker not reached: {text}"))
+            }
+        }
         // An answer that is no AWS answer (a proxy's error page, say): a 5xx is worth retrying.
         SdkError::ResponseError(r) if r.raw().status().is_server_error() => {
-            BackendError::Unavailable(format!("{op}: {}", DisplayErrorContext(&e)))
+            BackendError::Unavailable(format!("{op}: {}", one_line(&e)))
         }
-        _ => BackendError::Internal(format!("{op}: {}", DisplayErrorContext(&e))),
+        _ => BackendError::Internal(format!("{op}: {}", one_line(&e))),
     }
+}
+
+/// The SDK's error and its causes, on one line and without their debug dump: it ends up in
+/// health messages and table cells.
+fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = Vec::new();
+    let mut at = Some(e);
+    while let Some(e) = at {
+        parts.push(e.to_string());
+        at = e.source();
+    }
+    parts
+        .join(": ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// An AWS error code, HTTP status and message as the contract's error.
