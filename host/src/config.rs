@@ -219,6 +219,7 @@ pub struct TargetConfig {
 pub struct Grants {
     pub process: Option<ProcessGrant>,
     pub kube: Option<KubeGrant>,
+    pub sagemaker: Option<SagemakerGrant>,
     #[serde(default)]
     pub log: LogGrant,
 }
@@ -258,8 +259,177 @@ impl Grants {
         if self.kube.is_some() {
             names.push("kube".into());
         }
+        if self.sagemaker.is_some() {
+            names.push("sagemaker".into());
+        }
         names
     }
+}
+
+/// Amazon SageMaker for one account, region and execution role (`[targets.X.grants.sagemaker]`).
+/// Credentials come from the standard AWS chain (environment, shared config and credentials
+/// files, web identity for IRSA, container and instance metadata), never from this file, and
+/// never reach the plugin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SagemakerGrant {
+    /// Default: the AWS chain's region (AWS_REGION, the profile, instance metadata).
+    pub region: Option<String>,
+    /// The execution role the host sets on every training job and model: a plugin cannot
+    /// choose one.
+    pub role_arn: String,
+    /// Another endpoint than AWS's own for all three APIs (SageMaker, its runtime and
+    /// CloudWatch Logs): a test server, or one VPC endpoint that serves them all.
+    pub endpoint_url: Option<String>,
+    /// The runtime's (InvokeEndpoint) own endpoint, where it differs; default `endpoint_url`.
+    pub runtime_endpoint_url: Option<String>,
+    /// CloudWatch Logs' own endpoint, where it differs; default `endpoint_url`.
+    pub logs_endpoint_url: Option<String>,
+    /// `s3://bucket/prefix/` locations a job's channels (and a model's data) may read.
+    #[serde(default)]
+    pub input_prefixes: Vec<String>,
+    /// `s3://bucket/prefix/` locations a job may write its output and checkpoints to (a model's
+    /// data may come from them too).
+    #[serde(default)]
+    pub output_prefixes: Vec<String>,
+    /// Added to everything the target creates, after the gateway's own `mlgw:` tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Set on every training job and model.
+    pub vpc: Option<SagemakerVpc>,
+    /// Encrypts training output and volumes and endpoint storage.
+    pub kms_key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SagemakerVpc {
+    pub subnets: Vec<String>,
+    pub security_group_ids: Vec<String>,
+}
+
+/// Tag keys the gateway sets itself; a grant cannot set or override them.
+pub const SAGEMAKER_RESERVED_TAG_PREFIX: &str = "mlgw:";
+/// SageMaker takes at most 50 tags on a resource; the gateway sets 3 of them.
+pub const SAGEMAKER_MAX_GRANT_TAGS: usize = 47;
+
+impl SagemakerGrant {
+    /// The first mistake, as (key below the grant, why).
+    fn check(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, why: String| Err((key.to_string(), why));
+        if let Some(r) = &self.region
+            && (r.is_empty() || !r.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'))
+        {
+            return bad("region", format!("{r:?} is not a region name"));
+        }
+        if !is_role_arn(&self.role_arn) {
+            return bad(
+                "role_arn",
+                format!(
+                    "{:?} is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)",
+                    self.role_arn
+                ),
+            );
+        }
+        for (key, url) in [
+            ("endpoint_url", &self.endpoint_url),
+            ("runtime_endpoint_url", &self.runtime_endpoint_url),
+            ("logs_endpoint_url", &self.logs_endpoint_url),
+        ] {
+            if let Some(u) = url
+                && !(u.starts_with("http://") || u.starts_with("https://"))
+            {
+                return bad(key, format!("{u:?} is not an http(s):// URL"));
+            }
+        }
+        for (key, prefixes) in [
+            ("input_prefixes", &self.input_prefixes),
+            ("output_prefixes", &self.output_prefixes),
+        ] {
+            for p in prefixes {
+                if let Err(why) = check_s3_prefix(p) {
+                    return bad(key, why);
+                }
+            }
+        }
+        if self.tags.len() > SAGEMAKER_MAX_GRANT_TAGS {
+            return bad(
+                "tags",
+                format!(
+                    "at most {SAGEMAKER_MAX_GRANT_TAGS} (SageMaker takes 50 and the gateway sets 3)"
+                ),
+            );
+        }
+        for (k, v) in &self.tags {
+            if k.starts_with(SAGEMAKER_RESERVED_TAG_PREFIX) {
+                return bad(
+                    "tags",
+                    format!("{k:?}: keys starting with \"mlgw:\" are the gateway's own"),
+                );
+            }
+            if k.is_empty() || k.chars().count() > 128 || v.chars().count() > 256 {
+                return bad(
+                    "tags",
+                    format!("{k:?}: keys are 1-128 characters, values at most 256"),
+                );
+            }
+        }
+        if let Some(vpc) = &self.vpc {
+            if vpc.subnets.is_empty() {
+                return bad("vpc.subnets", "name at least one subnet".into());
+            }
+            if vpc.security_group_ids.is_empty() {
+                return bad(
+                    "vpc.security_group_ids",
+                    "name at least one security group".into(),
+                );
+            }
+        }
+        if self
+            .kms_key_id
+            .as_ref()
+            .is_some_and(|k| k.trim().is_empty())
+        {
+            return bad("kms_key_id", "must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+fn is_role_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    matches!(
+        parts.as_slice(),
+        ["arn", partition, "iam", "", account, resource]
+            if partition.starts_with("aws")
+                && account.len() == 12
+                && account.bytes().all(|c| c.is_ascii_digit())
+                && resource.strip_prefix("role/").is_some_and(|r| !r.is_empty())
+    )
+}
+
+/// An `s3://bucket/` or `s3://bucket/key/prefix/` location. A prefix is matched by whole path
+/// segments, so `s3://b/team-a` allows `s3://b/team-a/x` but not `s3://b/team-ab`.
+fn check_s3_prefix(p: &str) -> Result<(), String> {
+    let Some(rest) = p.strip_prefix("s3://") else {
+        return Err(format!("{p:?} is not an s3:// location"));
+    };
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(format!("{p:?} names no bucket"));
+    }
+    let key = key.strip_suffix('/').unwrap_or(key);
+    if !key.is_empty()
+        && key
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+        || p.chars().any(|c| c.is_control())
+    {
+        return Err(format!(
+            "{p:?}: key segments must not be empty, \".\" or \"..\""
+        ));
+    }
+    Ok(())
 }
 
 /// A Kubernetes client bound to namespaces and kinds. The gateway's own identity (service
@@ -497,6 +667,7 @@ impl Config {
                 grants: Grants {
                     process: Some(ProcessGrant::default()),
                     kube: None,
+                    sagemaker: None,
                     log: LogGrant::default(),
                 },
                 routes: Routes::default(),
@@ -595,6 +766,11 @@ impl Config {
                         )));
                     }
                 }
+            }
+            if let Some(g) = &t.grants.sagemaker {
+                g.check().map_err(|(key, why)| {
+                    ConfigError::Invalid(format!("targets.{name}.grants.sagemaker.{key}: {why}"))
+                })?;
             }
             crate::dataplane::policy::RoutePolicy::new(name, &t.routes, self.runs_bundled_local(t))
                 .map_err(ConfigError::Invalid)?;
@@ -871,6 +1047,76 @@ max_response_bytes = 1024
                 matches!(Config::load(&p), Err(ConfigError::Parse { .. })),
                 "{typo}"
             );
+        }
+    }
+
+    #[test]
+    fn the_sagemaker_grant_parses_and_its_mistakes_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        let write = |grant: &str| {
+            std::fs::write(
+                &p,
+                format!(
+                    "[targets.sm]\nplugin = \"local\"\n[targets.sm.grants.sagemaker]\n{grant}\n"
+                ),
+            )
+            .unwrap();
+        };
+        let role = "role_arn = \"arn:aws:iam::123456789012:role/mlgw-training\"";
+        write(&format!(
+            "{role}\nregion = \"eu-west-1\"\nendpoint_url = \"http://127.0.0.1:5000\"\n\
+             input_prefixes = [\"s3://data/team-a/\"]\noutput_prefixes = [\"s3://models/team-a\"]\n\
+             tags = {{ team = \"a\", cost-center = \"42\" }}\nkms_key_id = \"alias/mlgw\"\n\
+             [targets.sm.grants.sagemaker.vpc]\nsubnets = [\"subnet-1\"]\nsecurity_group_ids = [\"sg-1\"]"
+        ));
+        let c = Config::load(&p).unwrap();
+        let g = c.targets["sm"].grants.sagemaker.as_ref().unwrap();
+        assert_eq!(g.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(g.input_prefixes, ["s3://data/team-a/"]);
+        assert_eq!(g.tags["cost-center"], "42");
+        assert_eq!(g.vpc.as_ref().unwrap().subnets, ["subnet-1"]);
+        assert_eq!(
+            c.targets["sm"].grants.names(),
+            ["log".to_string(), "sagemaker".to_string()]
+        );
+        for (grant, key) in [
+            ("", "missing field `role_arn`"),
+            (
+                "role_arn = \"arn:aws:iam::1234:role/x\"",
+                "targets.sm.grants.sagemaker.role_arn:",
+            ),
+            (
+                &format!("{role}\nregion = \"eu west\""),
+                "targets.sm.grants.sagemaker.region:",
+            ),
+            (
+                &format!("{role}\nendpoint_url = \"127.0.0.1:5000\""),
+                "targets.sm.grants.sagemaker.endpoint_url:",
+            ),
+            (
+                &format!("{role}\ninput_prefixes = [\"data/team-a/\"]"),
+                "targets.sm.grants.sagemaker.input_prefixes:",
+            ),
+            (
+                &format!("{role}\noutput_prefixes = [\"s3://b/a/../c/\"]"),
+                "targets.sm.grants.sagemaker.output_prefixes:",
+            ),
+            (
+                &format!("{role}\ntags = {{ \"mlgw:target\" = \"x\" }}"),
+                "targets.sm.grants.sagemaker.tags:",
+            ),
+            (
+                &format!(
+                    "{role}\n[targets.sm.grants.sagemaker.vpc]\nsubnets = []\nsecurity_group_ids = [\"sg\"]"
+                ),
+                "targets.sm.grants.sagemaker.vpc.subnets:",
+            ),
+            (&format!("{role}\nrole = \"x\""), "unknown field `role`"),
+        ] {
+            write(grant);
+            let e = Config::load(&p).unwrap_err().to_string();
+            assert!(e.contains(key), "{grant}: {e}");
         }
     }
 

@@ -3,6 +3,13 @@
 //! WebAssembly; the plugin is asked for the route once and the answer is cached until the
 //! endpoint's backend ref changes. A route is used only once the target's policy
 //! (`policy`) has checked it; redirects are not followed and response bodies are capped.
+//!
+//! A `sagemaker-runtime` route's `url` is the name of a SageMaker endpoint (no scheme, no
+//! host: the target's grant decides the account, region and API endpoint). Its predictions
+//! go to InvokeEndpoint through the target's own SageMaker runtime client, signed with the
+//! gateway's credentials, as OIP V2 JSON both ways; the endpoint must be the gateway
+//! endpoint's own (its backend name, or that plus a `-suffix`). Its readiness is SageMaker's
+//! InService, as the plugin's describe reports it: there is no HTTP probe.
 
 pub mod policy;
 
@@ -12,6 +19,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::capabilities::sagemaker::{self, SagemakerCapability};
 use crate::config::Config;
 use crate::domain::{BackendRef, Protocol, Route};
 use policy::{Denial, PolicyResolver, RoutePolicy};
@@ -308,22 +316,36 @@ pub fn parse_response(v: &Value) -> Result<InferResponse, DataPlaneError> {
     })
 }
 
-/// A route the target's policy allowed, with the URLs and headers the data plane sends.
+/// A route the target's policy allowed, with what the data plane sends it.
 #[derive(Debug)]
 pub struct CheckedRoute {
     pub target: String,
     /// As the plugin gave it: what the endpoint record shows.
     pub url: String,
     pub protocol: Protocol,
-    ready_url: reqwest::Url,
-    infer_url: reqwest::Url,
-    headers: reqwest::header::HeaderMap,
+    via: Via,
+}
+
+// Routes are built once per endpoint and shared in an `Arc`: the size gap costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Via {
+    /// OIP V2 over HTTP, at the URLs the policy allowed.
+    Http {
+        ready_url: reqwest::Url,
+        infer_url: reqwest::Url,
+        headers: reqwest::header::HeaderMap,
+    },
+    /// InvokeEndpoint on this SageMaker endpoint.
+    Sagemaker { endpoint: String },
 }
 
 /// One target's client: its policy's resolver, timeouts and no redirects; pooled connections.
+/// A target granted SageMaker also has that capability's runtime client.
 struct TargetPlane {
     policy: Arc<RoutePolicy>,
     http: reqwest::Client,
+    sagemaker: Option<Arc<SagemakerCapability>>,
 }
 
 /// The policy's verdict on one route.
@@ -382,12 +404,37 @@ impl DataPlane {
                 .no_proxy()
                 .dns_resolver(Arc::new(PolicyResolver(policy.clone())))
                 .build()?;
-            targets.insert(name.clone(), TargetPlane { policy, http });
+            targets.insert(
+                name.clone(),
+                TargetPlane {
+                    policy,
+                    http,
+                    sagemaker: None,
+                },
+            );
         }
         Ok(Self {
             targets,
             routes: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Gives each target granted SageMaker its capability's runtime client, so its
+    /// `sagemaker-runtime` routes are served with the target's own credentials and endpoint.
+    pub fn with_runtime(mut self, runtime: &crate::runtime::Runtime) -> Self {
+        for t in runtime.targets() {
+            if let Some(plane) = self.targets.get_mut(&t.name) {
+                plane.sagemaker = t.caps.sagemaker.clone();
+            }
+        }
+        self
+    }
+
+    /// Sets one target's SageMaker capability (tests that build no runtime).
+    pub fn set_sagemaker(&mut self, target: &str, cap: Arc<SagemakerCapability>) {
+        if let Some(plane) = self.targets.get_mut(target) {
+            plane.sagemaker = Some(cap);
+        }
     }
 
     fn plane(&self, target: &str) -> Result<&TargetPlane, Denial> {
@@ -399,7 +446,11 @@ impl DataPlane {
 
     /// Checks a plugin's route against its target's policy.
     pub fn check(&self, target: &str, route: &Route) -> Verdict {
-        let policy = &self.plane(target)?.policy;
+        let plane = self.plane(target)?;
+        if route.protocol == Protocol::SagemakerRuntime {
+            return Self::check_sagemaker(plane, target, route).map(Arc::new);
+        }
+        let policy = &plane.policy;
         let c = policy.check(&route.url, &route.model_name, &route.headers)?;
         let base = c.url.path().trim_end_matches('/');
         let at = |suffix: &str| {
@@ -411,10 +462,51 @@ impl DataPlane {
             target: target.into(),
             url: route.url.clone(),
             protocol: route.protocol,
-            ready_url: at("ready"),
-            infer_url: at("infer"),
-            headers: c.headers,
+            via: Via::Http {
+                ready_url: at("ready"),
+                infer_url: at("infer"),
+                headers: c.headers,
+            },
         }))
+    }
+
+    fn check_sagemaker(
+        plane: &TargetPlane,
+        target: &str,
+        route: &Route,
+    ) -> Result<CheckedRoute, Denial> {
+        let deny = |reason: String| Denial {
+            target: target.into(),
+            reason,
+        };
+        if plane.sagemaker.is_none() {
+            return Err(deny(format!(
+                "a sagemaker-runtime route needs the sagemaker capability (grant it with \
+                 [targets.{target}.grants.sagemaker])"
+            )));
+        }
+        if !sagemaker::valid_name(&route.url) {
+            return Err(deny(format!(
+                "url {:?} is not a SageMaker endpoint name (a sagemaker-runtime route's url is \
+                 the endpoint's name)",
+                route.url.chars().take(100).collect::<String>()
+            )));
+        }
+        // The request is signed by the gateway; a header from the plugin has nothing to add
+        // and could only try to change what is signed.
+        if let Some((name, _)) = route.headers.first() {
+            return Err(deny(format!(
+                "header {name}: a sagemaker-runtime route takes no headers"
+            )));
+        }
+        Ok(CheckedRoute {
+            target: target.into(),
+            url: route.url.clone(),
+            protocol: route.protocol,
+            via: Via::Sagemaker {
+                endpoint: route.url.clone(),
+            },
+        })
     }
 
     pub fn cached(&self, endpoint: &str, r: &BackendRef) -> Option<Verdict> {
@@ -465,14 +557,18 @@ impl DataPlane {
 
     /// The model server's own word on whether the model can serve.
     pub async fn model_ready(&self, route: &CheckedRoute) -> Result<(), String> {
-        if route.protocol != Protocol::OipV2 {
+        let Via::Http {
+            ready_url, headers, ..
+        } = &route.via
+        else {
+            // SageMaker's InService, which the plugin's describe reports, is its readiness.
             return Ok(());
-        }
+        };
         let plane = self.plane(&route.target).map_err(|d| d.to_string())?;
         let sent = plane
             .http
-            .get(route.ready_url.clone())
-            .headers(route.headers.clone())
+            .get(ready_url.clone())
+            .headers(headers.clone())
             .timeout(plane.policy.probe_timeout)
             .send()
             .await;
@@ -509,17 +605,20 @@ impl DataPlane {
         route: &CheckedRoute,
         req: InferRequest,
     ) -> Result<InferResponse, DataPlaneError> {
-        if route.protocol != Protocol::OipV2 {
-            return Err(DataPlaneError::Unsupported(
-                "this endpoint's protocol (SageMaker runtime) is not served by this gateway version".into(),
-            ));
-        }
+        let (infer_url, headers) = match &route.via {
+            Via::Http {
+                infer_url, headers, ..
+            } => (infer_url, headers),
+            Via::Sagemaker { endpoint: name } => {
+                return self.invoke_sagemaker(endpoint, route, name, req).await;
+            }
+        };
         let body = request_json(&req)?;
         let plane = self.plane(&route.target)?;
         let sent = plane
             .http
-            .post(route.infer_url.clone())
-            .headers(route.headers.clone())
+            .post(infer_url.clone())
+            .headers(headers.clone())
             .timeout(plane.policy.request_timeout)
             .json(&body)
             .send()
@@ -568,7 +667,156 @@ impl DataPlane {
         }
         parse_response(&value)
     }
+
+    /// One prediction through InvokeEndpoint: the gateway endpoint `endpoint`'s SageMaker
+    /// endpoint `name`, OIP V2 JSON both ways.
+    async fn invoke_sagemaker(
+        &self,
+        endpoint: &str,
+        route: &CheckedRoute,
+        name: &str,
+        req: InferRequest,
+    ) -> Result<InferResponse, DataPlaneError> {
+        let plane = self.plane(&route.target)?;
+        let backend = crate::domain::backend_name(endpoint);
+        // The route comes from the plugin: it may only reach the endpoint's own objects.
+        if !sagemaker::name_in_scope(&backend, name) {
+            return Err(Denial {
+                target: route.target.clone(),
+                reason: format!(
+                    "SageMaker endpoint {name} is not this endpoint's own (its names are \
+                     {backend} or {backend}-<suffix>)"
+                ),
+            }
+            .into());
+        }
+        let Some(cap) = &plane.sagemaker else {
+            return Err(Denial {
+                target: route.target.clone(),
+                reason: "a sagemaker-runtime route needs the sagemaker capability".into(),
+            }
+            .into());
+        };
+        let body =
+            serde_json::to_vec(&request_json(&req)?).map_err(|e| DataPlaneError::Invalid {
+                field: "inputs".into(),
+                reason: e.to_string(),
+            })?;
+        let at = format!("SageMaker endpoint {name}");
+        let sent = tokio::time::timeout(
+            plane.policy.request_timeout,
+            cap.runtime_client()
+                .invoke_endpoint()
+                .endpoint_name(name)
+                .content_type(JSON)
+                .accept(JSON)
+                .body(aws_sdk_sagemakerruntime::primitives::Blob::new(body))
+                .send(),
+        )
+        .await;
+        let out = match sent {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => return Err(self.invoke_error(endpoint, &at, e)),
+            Err(_) => {
+                return Err(DataPlaneError::Unreachable {
+                    url: at,
+                    message: format!(
+                        "no answer within {} ms ({})",
+                        plane.policy.request_timeout.as_millis(),
+                        plane.policy.key("request_timeout_ms")
+                    ),
+                });
+            }
+        };
+        let content_type = out.content_type().unwrap_or_default().to_string();
+        let bytes = out.body().map(|b| b.as_ref()).unwrap_or_default();
+        if bytes.len() as u64 > plane.policy.max_response_bytes {
+            return Err(DataPlaneError::ResponseTooLarge {
+                target: route.target.clone(),
+                url: at,
+                limit: plane.policy.max_response_bytes,
+            });
+        }
+        let not_oip = |why: String| {
+            DataPlaneError::BadResponse(format!(
+                "{at} answered content type {content_type:?}, which is not an Open Inference \
+                 Protocol V2 response: {why}"
+            ))
+        };
+        let essence = content_type.split(';').next().unwrap_or_default().trim();
+        if !essence.eq_ignore_ascii_case(JSON) {
+            return Err(not_oip(format!(
+                "expected {JSON}: {:?}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            )));
+        }
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| not_oip(format!("not JSON: {e}")))?;
+        parse_response(&value).map_err(|e| match e {
+            DataPlaneError::BadResponse(m) => not_oip(m),
+            other => other,
+        })
+    }
+
+    /// InvokeEndpoint's errors: the model's own answer is the model's, the rest is SageMaker
+    /// not serving (for now).
+    fn invoke_error(
+        &self,
+        endpoint: &str,
+        at: &str,
+        e: aws_sdk_sagemakerruntime::error::SdkError<
+            aws_sdk_sagemakerruntime::operation::invoke_endpoint::InvokeEndpointError,
+            aws_sdk_sagemakerruntime::config::http::HttpResponse,
+        >,
+    ) -> DataPlaneError {
+        use aws_sdk_sagemakerruntime::error::SdkError;
+        use aws_sdk_sagemakerruntime::operation::invoke_endpoint::InvokeEndpointError as E;
+        if let SdkError::ServiceError(se) = &e {
+            match se.err() {
+                E::ModelError(m) => {
+                    let status = m
+                        .original_status_code()
+                        .and_then(|s| u16::try_from(s).ok())
+                        .unwrap_or(500);
+                    let message = m
+                        .original_message()
+                        .or(m.message())
+                        .unwrap_or_default()
+                        .to_string();
+                    return if status < 500 {
+                        DataPlaneError::Rejected { status, message }
+                    } else {
+                        DataPlaneError::ServerError { status, message }
+                    };
+                }
+                E::ValidationError(v) if !v.message().unwrap_or_default().contains("not found") => {
+                    return DataPlaneError::Rejected {
+                        status: 400,
+                        message: v.message().unwrap_or_default().to_string(),
+                    };
+                }
+                _ => {}
+            }
+        }
+        // The endpoint may be gone or moving (an update): ask the plugin again next time.
+        self.forget(endpoint);
+        let message = match sagemaker::map_error("InvokeEndpoint", e) {
+            crate::contract::types::BackendError::Denied(d) => d.reason,
+            crate::contract::types::BackendError::InvalidSpec(f) => f.reason,
+            crate::contract::types::BackendError::NotFound(m)
+            | crate::contract::types::BackendError::Unavailable(m)
+            | crate::contract::types::BackendError::Conflict(m)
+            | crate::contract::types::BackendError::Unsupported(m)
+            | crate::contract::types::BackendError::Internal(m) => m,
+        };
+        DataPlaneError::Unreachable {
+            url: at.to_string(),
+            message,
+        }
+    }
 }
+
+const JSON: &str = "application/json";
 
 #[cfg(test)]
 mod tests {
@@ -670,13 +918,21 @@ mod route_tests {
                 &route("http://10.0.0.1:9000/prefix/", "../../admin?x=1#f"),
             )
             .unwrap();
+        let Via::Http {
+            infer_url,
+            ready_url,
+            ..
+        } = &c.via
+        else {
+            panic!("an OIP V2 route goes over HTTP")
+        };
         assert_eq!(
-            c.infer_url.as_str(),
+            infer_url.as_str(),
             "http://10.0.0.1:9000/prefix/v2/models/..%2F..%2Fadmin%3Fx%3D1%23f/infer"
         );
-        assert_eq!(c.infer_url.query(), None);
+        assert_eq!(infer_url.query(), None);
         assert_eq!(
-            c.ready_url.path_segments().unwrap().collect::<Vec<_>>(),
+            ready_url.path_segments().unwrap().collect::<Vec<_>>(),
             [
                 "prefix",
                 "v2",

@@ -35,7 +35,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Gateway>> {
             .context("opening the artifact store ([artifacts])")?,
     );
     let runtime = Arc::new(Runtime::load(config, &store, artifacts.clone()).await?);
-    let dataplane = crate::dataplane::DataPlane::new(config)?;
+    let dataplane = crate::dataplane::DataPlane::new(config)?.with_runtime(&runtime);
     Ok(Arc::new(Gateway::new(
         store, runtime, dataplane, artifacts, LOG_POLL,
     )))

@@ -12,12 +12,13 @@ pub mod artifacts;
 pub mod kube;
 pub mod log;
 pub mod process;
+pub mod sagemaker;
 
 use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker};
 
-use crate::contract::mlgw::backend::{http, sagemaker};
+use crate::contract::mlgw::backend::http;
 use crate::contract::types::{BackendError, Denial};
 use crate::domain::Capability;
 
@@ -27,6 +28,7 @@ pub struct Capabilities {
     pub log: Arc<log::LogCapability>,
     pub process: Option<Arc<process::ProcessCapability>>,
     pub kube: Option<Arc<kube::KubeCapability>>,
+    pub sagemaker: Option<Arc<sagemaker::SagemakerCapability>>,
     /// The gateway's artifact store; every target reaches it, each call only its own artifacts.
     pub artifacts: Option<Arc<artifacts::ArtifactsCapability>>,
 }
@@ -38,6 +40,7 @@ impl Capabilities {
             log: Arc::new(log::LogCapability::new(label, &Default::default())),
             process: None,
             kube: None,
+            sagemaker: None,
             artifacts: None,
         }
     }
@@ -50,14 +53,18 @@ impl Capabilities {
         if self.kube.is_some() {
             v.push(Capability::Kube);
         }
+        if self.sagemaker.is_some() {
+            v.push(Capability::Sagemaker);
+        }
         v
     }
 
-    /// The per-call states for one call of `target`; `scope` is the artifacts the call may
-    /// name (those of the job or endpoint it concerns).
+    /// The per-call states for one call of `target` for `id`; `scope` is the artifacts the
+    /// call may name (those of the job or endpoint it concerns).
     pub fn for_call(
         &self,
         target: &Arc<str>,
+        id: CallIdentity,
         scope: Arc<[String]>,
         deadline: Option<std::time::Instant>,
     ) -> CallCapabilities {
@@ -65,6 +72,7 @@ impl Capabilities {
             log: log::LogCall::new(self.log.clone()),
             process: process::ProcessCall::new(target.clone(), self.process.clone()),
             kube: kube::KubeCall::new(target.clone(), self.kube.clone(), deadline),
+            sagemaker: sagemaker::SagemakerCall::new(target.clone(), self.sagemaker.clone(), id),
             artifacts: artifacts::ArtifactsCall::new(
                 target.clone(),
                 self.artifacts.clone(),
@@ -78,11 +86,23 @@ impl Capabilities {
     }
 }
 
+/// Whom one call is for, as the host filled in its call context: what a capability stamps on
+/// what it creates and the names the call may use.
+#[derive(Debug, Clone, Default)]
+pub struct CallIdentity {
+    pub tenant: String,
+    /// The gateway's id of the job or endpoint; empty for calls that concern none.
+    pub resource_id: String,
+    /// `ctx.backend-name`: the call's backend objects are named this or this plus a suffix.
+    pub backend_name: String,
+}
+
 /// Every capability's state for one call.
 pub struct CallCapabilities {
     pub log: log::LogCall,
     pub process: process::ProcessCall,
     pub kube: kube::KubeCall,
+    pub sagemaker: sagemaker::SagemakerCall,
     pub artifacts: artifacts::ArtifactsCall,
     pub ungranted: Ungranted,
 }
@@ -105,8 +125,8 @@ pub fn add_to_linker<T: HasCapabilities + Send + 'static>(
     b::artifacts::add_to_linker::<T, HasSelf<artifacts::ArtifactsCall>>(linker, |s| {
         &mut s.capabilities().artifacts
     })?;
-    b::sagemaker::add_to_linker::<T, HasSelf<Ungranted>>(linker, |s| {
-        &mut s.capabilities().ungranted
+    b::sagemaker::add_to_linker::<T, HasSelf<sagemaker::SagemakerCall>>(linker, |s| {
+        &mut s.capabilities().sagemaker
     })?;
     b::http::add_to_linker::<T, HasSelf<Ungranted>>(linker, |s| &mut s.capabilities().ungranted)?;
     Ok(())
@@ -127,89 +147,6 @@ impl Ungranted {
                 self.target
             ),
         })
-    }
-}
-
-/// Until the sagemaker capability's host side lands, every SageMaker call is denied.
-impl sagemaker::Host for Ungranted {
-    async fn create_training_job(
-        &mut self,
-        _req: sagemaker::TrainingJobRequest,
-    ) -> wasmtime::Result<Result<String, BackendError>> {
-        Ok(Err(self.deny("sagemaker")))
-    }
-    async fn describe_training_job(
-        &mut self,
-        _name: String,
-    ) -> wasmtime::Result<Result<sagemaker::TrainingJob, BackendError>> {
-        Ok(Err(self.deny("sagemaker")))
-    }
-    async fn stop_training_job(
-        &mut self,
-        _name: String,
-    ) -> wasmtime::Result<Result<(), BackendError>> {
-        Ok(Err(self.deny("sagemaker")))
-    }
-    async fn training_job_logs(
-        &mut self,
-        _name: String,
-        _cursor: Option<String>,
-        _limit: u32,
-    ) -> wasmtime::Result<Result<sagemaker::LogEvents, BackendError>> {
-        Ok(Err(self.deny("sagemaker")))
-    }
-    async fn create_model(
-        &mut self,
-        _req: sagemaker::ModelRequest,
-    ) -> wasmtime::Result<Result<String, BackendError>> {
-        Ok(Err(self.deny("sagemaker")))
-    }
-    async fn delete_model(&mut self, _name: String) -> wasmtime::Result<Result<(), BackendError>> {
-        Ok(Err(self.deny("sagemaker")))
-    }
-    async fn create_endpoint_config(
-        &mut self,
-        _req: sagemaker::EndpointConfigRequest,
-    ) -> wasmtime::Result<Result<String, BackendError>> {
-        Ok(Err(self.deny("sagemaker")))
-    }
-    async fn describe_endpoint_config(
-        &mut self,
-        _name: String,
-    ) -> wasmtime::Result<Result<Vec<sagemaker::ProductionVariant>, BackendError>> {
-        Ok(Err(self.deny("sagemaker")))
-    }
-    async fn delete_endpoint_config(
-        &mut self,
-        _name: String,
-    ) -> wasmtime::Result<Result<(), BackendError>> {
-        Ok(Err(self.deny("sagemaker")))
-    }
-    async fn create_endpoint(
-        &mut self,
-        _name: String,
-        _config_name: String,
-    ) -> wasmtime::Result<Result<String, BackendError>> {
-        Ok(Err(self.deny("sagemaker")))
-    }
-    async fn describe_endpoint(
-        &mut self,
-        _name: String,
-    ) -> wasmtime::Result<Result<sagemaker::Endpoint, BackendError>> {
-        Ok(Err(self.deny("sagemaker")))
-    }
-    async fn update_endpoint(
-        &mut self,
-        _name: String,
-        _config_name: String,
-    ) -> wasmtime::Result<Result<(), BackendError>> {
-        Ok(Err(self.deny("sagemaker")))
-    }
-    async fn delete_endpoint(
-        &mut self,
-        _name: String,
-    ) -> wasmtime::Result<Result<(), BackendError>> {
-        Ok(Err(self.deny("sagemaker")))
     }
 }
 

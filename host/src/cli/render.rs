@@ -228,6 +228,7 @@ pub fn targets(out: Output, ts: &[pb::Target]) {
                 "features": t.features.iter().map(|f| feature_name(*f)).collect::<Vec<_>>(),
                 "grants": t.grants,
                 "health": pb::TargetHealth::try_from(t.health).map(|h| h.as_str_name().trim_start_matches("TARGET_HEALTH_").to_lowercase()).unwrap_or_default(),
+                "health_message": t.health_message,
             })
         })
         .collect();
@@ -259,7 +260,14 @@ pub fn targets(out: Output, ts: &[pb::Target]) {
                     r["version"].as_str().unwrap_or_default().to_string(),
                     list("features"),
                     list("grants"),
-                    r["health"].as_str().unwrap_or_default().to_string(),
+                    // Why a target is unhealthy is what its operator needs to see.
+                    match r["health"].as_str().unwrap_or_default() {
+                        "unhealthy" => format!(
+                            "unhealthy: {}",
+                            r["health_message"].as_str().unwrap_or_default()
+                        ),
+                        h => h.to_string(),
+                    },
                 ]);
             }
             println!("{t}");

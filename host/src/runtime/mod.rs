@@ -24,7 +24,8 @@ use crate::capabilities::artifacts::ArtifactsCapability;
 use crate::capabilities::kube::KubeCapability;
 use crate::capabilities::log::LogCapability;
 use crate::capabilities::process::ProcessCapability;
-use crate::capabilities::{self, Capabilities};
+use crate::capabilities::sagemaker::SagemakerCapability;
+use crate::capabilities::{self, CallIdentity, Capabilities};
 use crate::config::{Config, Limits};
 use crate::domain::{self, Capability, Feature, PluginInfo};
 use bindings::{Backend, BackendPre, wit};
@@ -158,6 +159,9 @@ struct Call<'r> {
     _permits: (SemaphorePermit<'r>, SemaphorePermit<'r>),
 }
 
+/// Every call's tenant until authentication lands (`gateway::DEFAULT_TENANT`).
+const TENANT: &str = crate::gateway::DEFAULT_TENANT;
+
 /// Bytes of each memory and table slot kept resident between calls (see `engine`).
 const KEEP_RESIDENT: usize = 1 << 20;
 
@@ -253,7 +257,8 @@ impl Runtime {
                 let granted = match need {
                     Capability::Process => t.grants.process.is_some(),
                     Capability::Kube => t.grants.kube.is_some(),
-                    Capability::Sagemaker | Capability::Http => false,
+                    Capability::Sagemaker => t.grants.sagemaker.is_some(),
+                    Capability::Http => false,
                 };
                 if !granted {
                     anyhow::bail!(
@@ -278,6 +283,21 @@ impl Runtime {
                 Some(g) => Some(Arc::new(KubeCapability::connect(name, g).await?)),
                 None => None,
             };
+            let sagemaker = match &t.grants.sagemaker {
+                Some(g) => {
+                    let cap = Arc::new(SagemakerCapability::connect(name, g).await?);
+                    // Credentials are looked at only now, in the background: missing or refused
+                    // ones never stop the gateway, they show in the target's health.
+                    let (c, target) = (cap.clone(), name.clone());
+                    tokio::spawn(async move {
+                        if let Err(why) = c.health().await {
+                            tracing::warn!(target = %target, reason = %why, "target unhealthy");
+                        }
+                    });
+                    Some(cap)
+                }
+                None => None,
+            };
             let settings = serde_json::to_string(&t.settings)?;
             runtime.targets.insert(
                 name.clone(),
@@ -292,6 +312,7 @@ impl Runtime {
                         log: Arc::new(LogCapability::new(name, &t.grants.log)),
                         process,
                         kube,
+                        sagemaker,
                         artifacts: Some(artifacts.clone()),
                     },
                     calls: Semaphore::new(config.limits.target_concurrent_calls as usize),
@@ -404,10 +425,16 @@ impl Runtime {
             .await
             .map_err(|_| exceeded())?
             .expect("the permit semaphore is never closed");
+        let backend_name = domain::backend_name(resource_id);
         let state = HostState::new(
             &target.label,
             &target.caps,
             (self.limits.memory_mib as usize) << 20,
+            CallIdentity {
+                tenant: TENANT.into(),
+                resource_id: resource_id.into(),
+                backend_name: backend_name.clone(),
+            },
             scope,
             deadline,
         )
@@ -428,10 +455,10 @@ impl Runtime {
             }
         });
         let ctx = wit::CallContext {
-            tenant: "default".into(),
+            tenant: TENANT.into(),
             target: target.name.clone(),
             resource_id: resource_id.into(),
-            backend_name: domain::backend_name(resource_id),
+            backend_name,
             revision,
             settings: target.settings.clone(),
         };

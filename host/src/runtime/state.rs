@@ -9,7 +9,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
-use crate::capabilities::{CallCapabilities, Capabilities, HasCapabilities};
+use crate::capabilities::{CallCapabilities, CallIdentity, Capabilities, HasCapabilities};
 
 /// The guest path the process root is preopened at.
 pub const WORK_DIR: &str = "/work";
@@ -34,6 +34,7 @@ impl HostState {
         target: &Arc<str>,
         caps: &Capabilities,
         memory_cap: usize,
+        id: CallIdentity,
         scope: Arc<[String]>,
         deadline: std::time::Instant,
     ) -> wasmtime::Result<Self> {
@@ -53,7 +54,7 @@ impl HostState {
                 exceeded: false,
             },
             stderr,
-            caps: caps.for_call(target, scope, Some(deadline)),
+            caps: caps.for_call(target, id, scope, Some(deadline)),
         })
     }
 
