@@ -2,6 +2,7 @@
 //! settings. Pure, so every mapping is unit-tested natively; `lib.rs` only adds the presigned
 //! code URL and applies the result.
 
+use mlgw_plugin_sdk::job_env::{env_suffix, hyperparameters_json, is_valid_env_name};
 use mlgw_plugin_sdk::{BackendError, CallContext, TrainingSpec, invalid};
 use serde_json::{Map, Value, json};
 
@@ -30,38 +31,6 @@ if [ -n "${MLGW_CODE_URL:-}" ]; then
   tar -xzf /mlgw/code.tar.gz -C /mlgw/code
   rm -f /mlgw/code.tar.gz
 fi"#;
-
-/// POSIX shells only accept these as variable names.
-pub fn is_valid_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    match chars.next() {
-        Some(c) if c.is_ascii_alphabetic() || c == '_' => {}
-        _ => return false,
-    }
-    chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// `learning-rate` → `LEARNING_RATE`.
-pub fn env_suffix(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-pub fn hyperparameters_json(spec: &TrainingSpec) -> String {
-    let map: Map<String, Value> = spec
-        .hyperparameters
-        .iter()
-        .map(|kv| (kv.key.clone(), Value::String(kv.value.clone())))
-        .collect();
-    Value::Object(map).to_string()
-}
 
 /// The image the job runs: the spec's, else the settings' for its framework, else the
 /// settings' default.

@@ -1,41 +1,8 @@
 //! The environment a training process sees. The same script should run here and on SageMaker
 //! unchanged, so it gets both the MLGW_* names and SageMaker's SM_* names.
 
+pub use mlgw_plugin_sdk::job_env::{env_suffix, hyperparameters_json, is_valid_env_name};
 use mlgw_plugin_sdk::{KeyValue, TrainingSpec, strip_file_uri};
-
-/// POSIX shells only accept these as variable names; anything else is unreachable from a
-/// script, so it is better refused up front.
-pub fn is_valid_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    match chars.next() {
-        Some(c) if c.is_ascii_alphabetic() || c == '_' => {}
-        _ => return false,
-    }
-    chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// `learning-rate` → `LEARNING_RATE`: the suffix of a generated variable name.
-pub fn env_suffix(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// The hyperparameters as a JSON object of strings (hyperparameters.json and SM_HPS).
-pub fn hyperparameters_json(spec: &TrainingSpec) -> String {
-    let map: serde_json::Map<String, serde_json::Value> = spec
-        .hyperparameters
-        .iter()
-        .map(|kv| (kv.key.clone(), serde_json::Value::String(kv.value.clone())))
-        .collect();
-    serde_json::Value::Object(map).to_string()
-}
 
 /// Host paths the environment points at.
 pub struct JobPaths<'a> {

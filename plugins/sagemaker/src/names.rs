@@ -2,6 +2,7 @@
 //! request leaves, so a name SageMaker would refuse is reported against the field it came from
 //! rather than as a ValidationException later.
 
+pub use mlgw_plugin_sdk::job_env::{env_suffix, is_valid_env_name as is_env_name};
 use mlgw_plugin_sdk::{BackendError, internal};
 
 /// Training jobs, models, endpoint configs, endpoints and variants.
@@ -77,27 +78,6 @@ pub fn is_channel_name(s: &str) -> bool {
         && s.len() <= MAX_CHANNEL_NAME
         && s.bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
-}
-
-/// `[a-zA-Z_][a-zA-Z0-9_]*`, SageMaker's pattern for environment variable names.
-pub fn is_env_name(s: &str) -> bool {
-    let mut chars = s.bytes();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == b'_')
-}
-
-/// `learning-rate` → `LEARNING_RATE`, as the local target makes the suffixes of MLGW_HP_* and
-/// MLGW_INPUT_*, so a script reads the same names on both.
-pub fn env_suffix(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// `ml.<family>.<size>`, e.g. ml.m5.large or ml.p4d.24xlarge.

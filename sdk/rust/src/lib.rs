@@ -115,6 +115,8 @@ pub use bindings::mlgw::backend::types::{
 };
 pub use bindings::mlgw::backend::{artifacts, http, kube, log, process, sagemaker};
 
+pub mod job_env;
+
 /// One backend: the gateway's view of an execution target.
 ///
 /// Only [`Backend::describe`] is required. Every other method defaults to
