@@ -44,6 +44,11 @@ impl Gateway {
             t.require(Feature::Canary)?;
         }
         let id = new_id("e");
+        // As for jobs: claimed before the record exists, so the reconciler never deploys it
+        // first and the caller gets the deploy's own answer.
+        let _claim = self
+            .claim_start(&id)
+            .expect("a new id is claimed by no one");
         self.runtime.validate_endpoint(&t, &id, 1, &spec).await?;
         let now = now_ms();
         let ep = Endpoint {
@@ -68,7 +73,7 @@ impl Gateway {
         };
         // Durable before anything runs: a crash from here on is recovered by the reconciler.
         self.store.flush().await?;
-        Ok(self.start_endpoint(&t, &ep).await?.record())
+        Ok(self.start_endpoint_claimed(&t, &ep).await?.record())
     }
 
     /// Hands a recorded endpoint to its backend, like `start_job`: a transient failure leaves
@@ -82,6 +87,11 @@ impl Gateway {
         let Some(_claim) = self.claim_start(&ep.id) else {
             return Ok(Start::Done(self.store.endpoint(&ep.id)?));
         };
+        self.start_endpoint_claimed(t, ep).await
+    }
+
+    /// `start_endpoint` for a caller that holds the endpoint's start claim.
+    async fn start_endpoint_claimed(&self, t: &Target, ep: &Endpoint) -> Result<Start<Endpoint>> {
         let ep = self.store.endpoint(&ep.id)?;
         if ep.backend_ref.is_some() || ep.state != EndpointState::Creating {
             return Ok(Start::Done(ep));

@@ -91,6 +91,11 @@ impl Gateway {
             refuse_local_paths(&t.name, &spec)?;
         }
         let id = new_id("j");
+        // Claimed before the record exists, so the reconciler (which starts pending jobs it
+        // finds) never hands this one over first: the caller gets the submit's own answer.
+        let _claim = self
+            .claim_start(&id)
+            .expect("a new id is claimed by no one");
         // Pure check first, so a spec the backend cannot run is refused and nothing is stored.
         self.check_code(&t, &spec).await?;
         self.runtime.validate_training(&t, &id, &spec).await?;
@@ -118,7 +123,7 @@ impl Gateway {
         };
         // Durable before anything runs: a crash from here on is recovered by the reconciler.
         self.store.flush().await?;
-        Ok(self.start_job(&t, &job).await?.record())
+        Ok(self.start_claimed(&t, &job).await?.record())
     }
 
     /// Hands a recorded job to its backend. A transient failure leaves it pending for the
@@ -128,6 +133,11 @@ impl Gateway {
             // Another task is handing this job over right now; it records the outcome.
             return Ok(Start::Done(self.store.job(&job.id)?));
         };
+        self.start_claimed(t, job).await
+    }
+
+    /// `start_job` for a caller that holds the job's start claim.
+    async fn start_claimed(&self, t: &Target, job: &Job) -> Result<Start<Job>> {
         // The caller's copy may predate a start that finished meanwhile.
         let job = self.store.job(&job.id)?;
         if job.backend_ref.is_some() || job.state.is_terminal() {
