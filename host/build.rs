@@ -16,6 +16,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "artifacts.proto",
     ]
     .map(|f| proto_root.join("mlgw/v1").join(f));
+    let files = [
+        files.as_slice(),
+        &[proto_root.join("inference/grpc_predict_v2.proto")],
+    ]
+    .concat();
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("mlgw_descriptor.bin"))

@@ -316,6 +316,62 @@ pub fn parse_response(v: &Value) -> Result<InferResponse, DataPlaneError> {
     })
 }
 
+/// A tensor as a model's metadata describes it; -1 is a dimension of any size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorMeta {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelMetadata {
+    pub versions: Vec<String>,
+    pub platform: String,
+    pub inputs: Vec<TensorMeta>,
+    pub outputs: Vec<TensorMeta>,
+}
+
+/// OIP V2's model metadata object. Servers leave inputs and outputs out when the model does
+/// not declare them (MLServer's sklearn runtime does), so absence is an empty list.
+pub fn parse_metadata(v: &Value) -> Result<ModelMetadata, DataPlaneError> {
+    let bad = |m: String| DataPlaneError::BadResponse(format!("model metadata: {m}"));
+    let tensors = |key: &str| -> Result<Vec<TensorMeta>, DataPlaneError> {
+        let Some(items) = v[key].as_array() else {
+            return Ok(Vec::new());
+        };
+        items
+            .iter()
+            .map(|t| {
+                Ok(TensorMeta {
+                    name: t["name"]
+                        .as_str()
+                        .ok_or_else(|| bad(format!("{key} entry without a name")))?
+                        .into(),
+                    datatype: t["datatype"].as_str().unwrap_or_default().into(),
+                    shape: t["shape"]
+                        .as_array()
+                        .map(|s| s.iter().filter_map(Value::as_i64).collect())
+                        .unwrap_or_default(),
+                })
+            })
+            .collect()
+    };
+    Ok(ModelMetadata {
+        versions: v["versions"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        platform: v["platform"].as_str().unwrap_or_default().into(),
+        inputs: tensors("inputs")?,
+        outputs: tensors("outputs")?,
+    })
+}
+
 /// A route the target's policy allowed, with what the data plane sends it.
 #[derive(Debug)]
 pub struct CheckedRoute {
@@ -334,6 +390,8 @@ enum Via {
     Http {
         ready_url: reqwest::Url,
         infer_url: reqwest::Url,
+        /// The model's own metadata (`GET /v2/models/<model>`).
+        model_url: reqwest::Url,
         headers: reqwest::header::HeaderMap,
     },
     /// InvokeEndpoint on this SageMaker endpoint.
@@ -465,6 +523,11 @@ impl DataPlane {
             via: Via::Http {
                 ready_url: at("ready"),
                 infer_url: at("infer"),
+                model_url: {
+                    let mut u = c.url.clone();
+                    u.set_path(&format!("{base}/v2/models/{}", c.model_segment));
+                    u
+                },
                 headers: c.headers,
             },
         }))
@@ -597,6 +660,49 @@ impl DataPlane {
         } else {
             Err(format!("model not ready ({status})"))
         }
+    }
+
+    /// The model server's description of the model's tensors, where the route is OIP V2 over
+    /// HTTP; None where the protocol has no such call (SageMaker).
+    pub async fn model_metadata(
+        &self,
+        route: &CheckedRoute,
+    ) -> Result<Option<ModelMetadata>, DataPlaneError> {
+        let Via::Http {
+            model_url, headers, ..
+        } = &route.via
+        else {
+            return Ok(None);
+        };
+        let plane = self.plane(&route.target)?;
+        let resp = plane
+            .http
+            .get(model_url.clone())
+            .headers(headers.clone())
+            .timeout(plane.policy.request_timeout)
+            .send()
+            .await
+            .map_err(|e| match denial_in(&e) {
+                Some(d) => d.into(),
+                None => DataPlaneError::Unreachable {
+                    url: route.url.clone(),
+                    message: chain(&e.without_url()),
+                },
+            })?;
+        let status = resp.status().as_u16();
+        let bytes = Self::read_capped(plane, route, resp).await?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            DataPlaneError::BadResponse(format!("model metadata is not JSON ({status}): {e}"))
+        })?;
+        if !(200..300).contains(&status) {
+            let message = value["error"].as_str().unwrap_or_default().to_string();
+            return Err(if status < 500 {
+                DataPlaneError::Rejected { status, message }
+            } else {
+                DataPlaneError::ServerError { status, message }
+            });
+        }
+        Ok(Some(parse_metadata(&value)?))
     }
 
     pub async fn infer(

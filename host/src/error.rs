@@ -17,6 +17,10 @@ pub enum GatewayError {
     AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Exists but cannot serve now; worth retrying (the Open Inference Protocol's answer for a
+    /// model that is not ready).
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Plugin(#[from] PluginError),
     #[error(transparent)]

@@ -3,6 +3,7 @@
 
 mod artifacts;
 mod convert;
+mod inference;
 mod serving;
 mod status;
 mod targets;
@@ -17,6 +18,13 @@ pub mod pb {
     tonic::include_proto!("mlgw.v1");
 
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("mlgw_descriptor");
+}
+
+/// The Open Inference Protocol's gRPC service, served so stock inference clients can point at
+/// the gateway.
+pub mod oip {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("inference");
 }
 
 pub use status::to_status;
@@ -42,6 +50,9 @@ pub fn routes(gw: Arc<Gateway>) -> anyhow::Result<tonic::service::Routes> {
         reporter
             .set_serving::<pb::artifact_service_server::ArtifactServiceServer<artifacts::ArtifactApi>>()
             .await;
+        reporter
+            .set_serving::<oip::grpc_inference_service_server::GrpcInferenceServiceServer<inference::InferenceApi>>()
+            .await;
     });
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -66,7 +77,16 @@ pub fn routes(gw: Arc<Gateway>) -> anyhow::Result<tonic::service::Routes> {
             targets::TargetApi::new(gw.clone()),
         ))
         .add_service(pb::artifact_service_server::ArtifactServiceServer::new(
-            artifacts::ArtifactApi::new(gw),
-        ));
+            artifacts::ArtifactApi::new(gw.clone()),
+        ))
+        .add_service(
+            oip::grpc_inference_service_server::GrpcInferenceServiceServer::new(
+                inference::InferenceApi::new(gw),
+            )
+            // Tensors are bigger than the gateway's own messages; as MLServer and Triton do,
+            // take what the client's own limit allows rather than tonic's 4 MiB.
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX),
+        );
     Ok(routes.routes())
 }

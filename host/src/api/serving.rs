@@ -26,7 +26,7 @@ impl ServingApi {
 
 /// Everything in a prediction is checked before the endpoint is looked up, so a malformed
 /// request is INVALID_ARGUMENT whatever state the endpoint is in.
-fn check_predict(r: &InferRequest) -> Result<(), GatewayError> {
+pub(super) fn check_predict(r: &InferRequest) -> Result<(), GatewayError> {
     validate_predict(&r.id, r.inputs.len(), &r.outputs, &r.parameters)?;
     for (i, t) in r.inputs.iter().enumerate() {
         check_tensor(i, t)?;

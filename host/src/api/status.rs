@@ -112,6 +112,7 @@ fn map(e: GatewayError) -> Status {
         GatewayError::NotFound(_) => Status::not_found(msg),
         GatewayError::AlreadyExists(_) => Status::already_exists(msg),
         GatewayError::FailedPrecondition(_) => Status::failed_precondition(msg),
+        GatewayError::Unavailable(_) => Status::unavailable(msg),
         GatewayError::Store(_) => Status::internal(msg),
         GatewayError::Plugin(p) => match p {
             PluginError::Backend { target, failure } => match failure {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::jobs::is_transient;
 use super::{DEFAULT_TENANT, Gateway, Start};
-use crate::dataplane::{CheckedRoute, DataPlaneError, InferRequest, InferResponse};
+use crate::dataplane::{CheckedRoute, DataPlaneError, InferRequest, InferResponse, ModelMetadata};
 use crate::domain::validate::is_record_id;
 use crate::domain::{
     Endpoint, EndpointSpec, EndpointState, Feature, JobState, now_ms, validate_endpoint_spec,
@@ -302,6 +302,11 @@ impl Gateway {
 
     pub async fn predict(&self, id_or_name: &str, req: InferRequest) -> Result<InferResponse> {
         let ep = self.get_endpoint(id_or_name)?;
+        self.predict_on(&ep, req).await
+    }
+
+    /// A prediction through an endpoint the caller has already read.
+    pub async fn predict_on(&self, ep: &Endpoint, req: InferRequest) -> Result<InferResponse> {
         if !ep.serves() {
             return Err(GatewayError::FailedPrecondition(format!(
                 "endpoint {} is {}{}",
@@ -314,8 +319,15 @@ impl Gateway {
                 }
             )));
         }
-        let route = self.route(&ep).await?;
+        let route = self.route(ep).await?;
         Ok(self.dataplane.infer(&ep.id, &route, req).await?)
+    }
+
+    /// What the endpoint's model server says about the model's tensors; None where its
+    /// protocol has no metadata call.
+    pub async fn model_metadata(&self, ep: &Endpoint) -> Result<Option<ModelMetadata>> {
+        let route = self.route(ep).await?;
+        Ok(self.dataplane.model_metadata(&route).await?)
     }
 
     /// The endpoint's route, checked against its target's policy.
