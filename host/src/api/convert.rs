@@ -544,7 +544,7 @@ fn raw_tensor_data(field: &str, datatype: &str, raw: &[u8]) -> Result<TensorData
         }
         return Ok(TensorData::Bytes(out));
     };
-    if raw.len() % width != 0 {
+    if !raw.len().is_multiple_of(width) {
         return Err(invalid(format!(
             "{} bytes is not a whole number of {datatype} elements ({width} bytes each)",
             raw.len()
