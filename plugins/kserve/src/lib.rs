@@ -194,7 +194,7 @@ impl Backend for Kserve {
     fn delete_endpoint(ctx: CallContext, endpoint: BackendRef) -> Result<(), BackendError> {
         let s = Settings::of(&ctx)?;
         let r = EndpointRef::of(&endpoint)?;
-        match kube::delete(&r.object_ref(), Propagation::Foreground) {
+        match kube::delete(&r.object_ref(), Propagation::Background) {
             Ok(()) => {}
             Err(e) if is_gone(&e) => return Ok(()),
             Err(e) => return Err(e),
