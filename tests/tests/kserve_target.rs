@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use mlgw::api::pb;
-use mlgw_tests::cluster::{Cluster, client, cluster};
+use mlgw_tests::cluster::{Cluster, client, cluster, unique};
 use mlgw_tests::iris::{ROWS, TRAIN, expected};
 use mlgw_tests::*;
 use serde_json::{Value, json};
