@@ -22,6 +22,11 @@ const COMPONENTS: &[(&str, &str, &str)] = &[
         "kubeflow.wasm",
     ),
     (
+        "mlgw-plugin-kserve",
+        "mlgw_plugin_kserve.wasm",
+        "kserve.wasm",
+    ),
+    (
         "mlgw-fixture-hostile",
         "mlgw_fixture_hostile.wasm",
         "hostile.wasm",
@@ -40,6 +45,7 @@ const INPUTS: &[&str] = &[
     "plugins/local",
     "plugins/sagemaker",
     "plugins/kubeflow",
+    "plugins/kserve",
     "tests/fixtures/plugins",
     "Cargo.lock",
     // profiles, e.g. the plugins' opt-level

@@ -1,6 +1,6 @@
 //! The wasm components built from this workspace, fresh on every build.
 //!
-//! The build script compiles `plugins/local`, `plugins/sagemaker` and the test fixtures for wasm32-wasip2 with a
+//! The build script compiles `plugins/local`, `plugins/sagemaker`, `plugins/kubeflow`, `plugins/kserve` and the test fixtures for wasm32-wasip2 with a
 //! nested cargo (release profile) and places the components in OUT_DIR. Bundled plugins are
 //! embedded; fixtures are only referenced by path so they never ship inside the gateway.
 
@@ -12,6 +12,9 @@ pub const SAGEMAKER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sagemaker
 
 /// The in-cluster training target's plugin component (`plugins/kubeflow`).
 pub const KUBEFLOW: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kubeflow.wasm"));
+
+/// The in-cluster serving target's plugin component (`plugins/kserve`).
+pub const KSERVE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kserve.wasm"));
 
 /// Absolute path of the misbehaving test plugin (`tests/fixtures/plugins/hostile`); load it
 /// from disk in tests.
@@ -27,6 +30,7 @@ pub fn bundled() -> &'static [(&'static str, &'static [u8])] {
         ("local", LOCAL),
         ("sagemaker", SAGEMAKER),
         ("kubeflow", KUBEFLOW),
+        ("kserve", KSERVE),
     ]
 }
 
@@ -43,9 +47,10 @@ mod tests {
         assert!(is_component(LOCAL));
         assert!(is_component(SAGEMAKER));
         assert!(is_component(KUBEFLOW));
+        assert!(is_component(KSERVE));
         assert_eq!(
             bundled().iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-            ["local", "sagemaker", "kubeflow"]
+            ["local", "sagemaker", "kubeflow", "kserve"]
         );
         for path in [HOSTILE_PATH, KUBE_MANIFEST_PATH] {
             assert!(is_component(&std::fs::read(path).unwrap()), "{path}");
