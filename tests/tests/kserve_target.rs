@@ -461,9 +461,9 @@ async fn deploy_predict_update_canary_delete_through_the_kserve_controller() {
     );
 
     // Delete: KServe lets the InferenceService go, then the endpoint is deleted.
-    cli_ok(&gw, &["delete", &ep_name]).await;
+    cli_ok(&gw, &["undeploy", &ep_name]).await;
+    wait_state(&gw, &id, pb::EndpointState::Deleted).await;
     assert!(isvcs(c, NS, &id).await.is_empty());
-    assert_eq!(get(&gw, &id).await.state, pb::EndpointState::Deleted as i32);
 }
 
 #[tokio::test]
@@ -502,7 +502,7 @@ async fn a_model_that_fails_to_load_fails_with_kserves_reason() {
         obj["status"]["modelStatus"]["states"]["targetModelState"],
         "FailedToLoad"
     );
-    cli_ok(&gw, &["delete", &ep_name]).await;
+    cli_ok(&gw, &["undeploy", &ep_name]).await;
     assert!(isvcs(c, NS, &id).await.is_empty());
 }
 
@@ -577,7 +577,7 @@ async fn names_fit_in_a_long_namespace() {
     // The backend name the host gave would not have fit.
     let backend = mlgw::domain::backend_name(&id);
     assert!(format!("{backend}-predictor-{LONG_NS}").len() > 63);
-    cli_ok(&gw, &["delete", &ep_name]).await;
+    cli_ok(&gw, &["undeploy", &ep_name]).await;
     assert!(isvcs(c, LONG_NS, &id).await.is_empty());
 }
 
