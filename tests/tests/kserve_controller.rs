@@ -238,6 +238,17 @@ async fn kserve_validation_refuses_a_bad_inference_service_before_it_is_stored()
         "{status:?}"
     );
     assert!(isvcs.get_opt(&name).await.unwrap().is_none());
+    // However the webhook codes it, the kube capability hands the refusal to plugins as bad
+    // input (INVALID_ARGUMENT at the gateway), not as a missing right.
+    match mlgw::capabilities::kube::map_error(kube::Error::Api(status)) {
+        mlgw::contract::types::BackendError::InvalidSpec(f) => {
+            assert!(
+                f.reason.contains("cannot be greater than MaxReplicas"),
+                "{f:?}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]

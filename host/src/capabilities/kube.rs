@@ -66,6 +66,12 @@ pub fn map_error(e: kube::Error) -> BackendError {
         kube::Error::Api(s) => {
             let msg = s.message.clone();
             match s.code {
+                // An admission webhook's refusal (KServe's validator, a policy engine) comes
+                // back as 403 unless the webhook picks a code; it judges the document, not who
+                // sent it, so it is bad input, not a missing right.
+                403 if is_admission_denial(&msg) => {
+                    invalid(&field_in_message(&msg).unwrap_or_default(), msg)
+                }
                 403 | 401 => denied(msg),
                 404 => BackendError::NotFound(msg),
                 409 => BackendError::Conflict(msg),
@@ -94,6 +100,12 @@ pub fn map_error(e: kube::Error) -> BackendError {
         }
         other => BackendError::Internal(format!("Kubernetes client: {other}")),
     }
+}
+
+/// `admission webhook "<name>" denied the request: <reason>`, as the API server words a
+/// validating or mutating webhook's refusal.
+fn is_admission_denial(msg: &str) -> bool {
+    msg.starts_with("admission webhook ") && msg.contains(" denied the request")
 }
 
 /// The field path in the messages the API server gives without structured causes:
@@ -1111,6 +1123,11 @@ mod tests {
             map_error(status(503, none())),
             BackendError::Unavailable(_)
         ));
+        let mut webhook = status(403, none());
+        if let kube::Error::Api(s) = &mut webhook {
+            s.message = r#"admission webhook "policy.example.com" denied the request: no"#.into();
+        }
+        assert!(matches!(map_error(webhook), BackendError::InvalidSpec(_)));
     }
 
     #[test]
