@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::ProcessGrant;
 use crate::contract::mlgw::backend::process::{
@@ -101,6 +101,9 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Start time of a process in clock ticks since boot, and whether it is a zombie.
+/// How long a supervisor has to say whether it claimed its exit file.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn proc_stat(pid: u32) -> Option<(u64, bool)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses; fields resume after the last ')'.
@@ -306,7 +309,8 @@ impl ProcessCapability {
             // The supervisor runs with nothing of the gateway's or the plugin's environment.
             .env_clear()
             .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
+            // One line: whether it claimed the exit file (see `supervisor::claim`).
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             // Its own group: cancel signals the whole tree, and the gateway's own signals
             // (Ctrl-C, a restart) do not reach jobs.
@@ -326,6 +330,7 @@ impl ProcessCapability {
         live.insert((pid, start_ticks));
         drop(live);
         let mut stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
         let sent = async {
             stdin.write_all(&input).await?;
             stdin.shutdown().await
@@ -342,11 +347,72 @@ impl ProcessCapability {
                 "handing the request to the supervisor: {e}"
             )));
         }
+        let mut said = String::new();
+        let read = tokio::time::timeout(
+            CLAIM_TIMEOUT,
+            tokio::io::AsyncBufReadExt::read_line(
+                &mut tokio::io::BufReader::new(stdout).take(256),
+                &mut said,
+            ),
+        )
+        .await;
+        let handle = match (read, said.trim()) {
+            (Ok(Ok(_)), supervisor::CLAIMED) => handle,
+            (Ok(Ok(_)), supervisor::CLAIMED_BEFORE) => {
+                // Asked again for a program that already runs (or ran): that one is the job.
+                let first = self.claimed_before(&req.exit_file).await?;
+                self.registry
+                    .insert(registry_key(&first), req.program.as_bytes())
+                    .map_err(|e| ProcessError::Io(format!("process registry: {e}")))?;
+                tracing::info!(target = %self.target, pid = first.pid, program = %req.program,
+                    "adopted the process started earlier for this exit file");
+                first
+            }
+            (Ok(Ok(_)), _) | (Ok(Err(_)), _) => {
+                return Err(ProcessError::Io(format!(
+                    "the supervisor did not start (its answer: {:?})",
+                    said.trim()
+                )));
+            }
+            (Err(_), _) => {
+                return Err(ProcessError::Io(format!(
+                    "the supervisor did not answer within {CLAIM_TIMEOUT:?}"
+                )));
+            }
+        };
         crate::store::flush_tree(&self.registry)
             .await
             .map_err(|e| ProcessError::Io(format!("process registry: {e}")))?;
         tracing::info!(target = %self.target, pid, program = %req.program, "started process");
         Ok(handle)
+    }
+
+    /// The handle of the supervisor that claimed `exit_file` first, from its claim file. It
+    /// writes the file right after taking the lock, so an empty file is waited on briefly.
+    async fn claimed_before(&self, exit_file: &str) -> Result<ProcessHandle, ProcessError> {
+        let rel = supervisor::claim_file(exit_file);
+        let deadline = tokio::time::Instant::now() + CLAIM_TIMEOUT;
+        loop {
+            let root = self.root.clone();
+            let r = rel.clone();
+            let text = blocking(move || root.read_regular("exit-file", &r, 256).map_err(from_root))
+                .await?
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            let mut fields = text.split_whitespace().map(str::parse::<u64>);
+            if let (Some(Ok(pid)), Some(Ok(start_ticks))) = (fields.next(), fields.next()) {
+                return Ok(ProcessHandle {
+                    pid: pid as u32,
+                    start_ticks,
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProcessError::Io(format!(
+                    "{rel} names no supervisor (it reads {text:?})"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn state(

@@ -41,6 +41,55 @@ pub struct ExitRecord {
     pub signal: Option<i32>,
 }
 
+/// What the supervisor tells the host on stdout, one line, before it runs anything.
+pub const CLAIMED: &str = "claimed";
+/// Another supervisor claimed this exit file (it is running the program, or did): the host
+/// adopts that one, whose pid and start time are in the claim file.
+pub const CLAIMED_BEFORE: &str = "claimed-before";
+
+/// The claim file beside an exit file: `<pid> <start ticks>` of the supervisor that owns it.
+pub fn claim_file(exit: &str) -> String {
+    format!("{exit}.claim")
+}
+
+enum Claim {
+    Ours(std::fs::File),
+    Theirs,
+}
+
+/// One program per exit file, ever: a spawn the host repeats (a gateway killed between
+/// starting a job and recording it, then asked again) finds the first supervisor instead of
+/// running the program twice. A live owner holds the file's lock; an owner that ended left its
+/// pid in it.
+fn claim(root: &Root, exit: &str) -> Result<Claim, String> {
+    let rel = claim_file(exit);
+    let file = root
+        .open_append("exit-file", &rel)
+        .map_err(|e| e.to_string())?;
+    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        return Ok(Claim::Theirs);
+    }
+    let owned = root
+        .read_regular("exit-file", &rel, 256)
+        .map_err(|e| e.to_string())?
+        .is_some_and(|b| !b.is_empty());
+    if owned {
+        return Ok(Claim::Theirs);
+    }
+    let pid = std::process::id();
+    let ticks = super::proc_stat(pid).map(|(t, _)| t).unwrap_or_default();
+    (&file)
+        .write_all(format!("{pid} {ticks}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    Ok(Claim::Ours(file))
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 pub fn supervise(root: &Path) -> i32 {
     for sig in [
         signal_hook::consts::SIGTERM,
@@ -70,6 +119,21 @@ pub fn supervise(root: &Path) -> i32 {
             return 125;
         }
     };
+    match claim(&root, &req.exit) {
+        Ok(Claim::Ours(lock)) => {
+            // Held (not inherited: opened close-on-exec) until this supervisor ends.
+            std::mem::forget(lock);
+            say(CLAIMED);
+        }
+        Ok(Claim::Theirs) => {
+            say(CLAIMED_BEFORE);
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("mlgw supervise: claiming {}: {e}", req.exit);
+            return 125;
+        }
+    }
     let file = match root.open_append("log-file", &req.log) {
         Ok(f) => Arc::new(Mutex::new(f)),
         Err(e) => {
