@@ -82,7 +82,7 @@ impl Gateway {
         gw
     }
 
-    async fn spawn(&mut self) {
+    pub async fn spawn(&mut self) {
         std::fs::create_dir_all(&self.data_dir).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -219,7 +219,10 @@ pub async fn wait_job(
 ) -> pb::Job {
     use futures::StreamExt;
     let mut s = c
-        .watch(pb::WatchJobRequest { id: id.into() })
+        .watch(pb::WatchJobRequest {
+            id: id.into(),
+            ..Default::default()
+        })
         .await
         .expect("watch")
         .into_inner();

@@ -614,13 +614,58 @@ fn table(job: &str) -> Vec<Row> {
         ),
         invalid(
             "id of 1 MiB",
-            Call::Watch(pb::WatchJobRequest { id: long(MIB) }),
+            Call::Watch(pb::WatchJobRequest {
+                id: long(MIB),
+                ..Default::default()
+            }),
             "id",
         ),
         not_found(
             "a plausible id that names no job",
             Call::Watch(pb::WatchJobRequest {
                 id: "j-missing".into(),
+                ..Default::default()
+            }),
+        ),
+        invalid(
+            "a filter with one job's id",
+            Call::Watch(pb::WatchJobRequest {
+                id: "j-1".into(),
+                target: "local".into(),
+                ..Default::default()
+            }),
+            "target",
+        ),
+        invalid(
+            "a feed position with one job's id",
+            Call::Watch(pb::WatchJobRequest {
+                id: "j-1".into(),
+                after_feed_sequence: Some(3),
+                ..Default::default()
+            }),
+            "after_feed_sequence",
+        ),
+        invalid(
+            "watching every job for an unspecified state",
+            Call::Watch(pb::WatchJobRequest {
+                states: vec![pb::JobState::Running as i32, 0],
+                ..Default::default()
+            }),
+            "states[1]",
+        ),
+        invalid(
+            "watching every job for a state that does not exist",
+            Call::Watch(pb::WatchJobRequest {
+                states: vec![42],
+                ..Default::default()
+            }),
+            "states[0]",
+        ),
+        not_found(
+            "watching every job of a target that does not exist",
+            Call::Watch(pb::WatchJobRequest {
+                target: "nosuchtarget".into(),
+                ..Default::default()
             }),
         ),
         // TrainingService.Logs.

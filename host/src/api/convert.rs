@@ -150,6 +150,7 @@ pub fn job_event(j: &Job) -> pb::JobEvent {
         message: j.message.clone(),
         time: Some(ts(j.updated_at)),
         job: Some(job(j)),
+        feed_sequence: j.feed_sequence,
     }
 }
 

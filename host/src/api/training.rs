@@ -11,8 +11,9 @@ use crate::domain::FieldError;
 use crate::domain::validate::{
     page_size, validate_cursor, validate_id, validate_idempotency_key, validate_target,
 };
+use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::gateway::JobFilter;
+use crate::gateway::{JobFilter, WatchFilter};
 
 pub struct TrainingApi {
     gw: Arc<Gateway>,
@@ -92,9 +93,47 @@ impl TrainingService for TrainingApi {
         &self,
         req: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let id = req.into_inner().id;
-        validate_id("id", &id).map_err(field_status)?;
-        let stream = self.gw.watch_job(&id).map_err(to_status)?;
+        let r = req.into_inner();
+        let stream = if r.id.is_empty() {
+            validate_target("target", &r.target).map_err(field_status)?;
+            let states = r
+                .states
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    convert::job_state_from(*s, &format!("states[{i}]"))?.ok_or_else(|| {
+                        GatewayError::Invalid {
+                            field: format!("states[{i}]"),
+                            reason: "a state to watch for, not JOB_STATE_UNSPECIFIED".into(),
+                        }
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(to_status)?;
+            let filter = WatchFilter {
+                target: (!r.target.is_empty()).then_some(r.target),
+                states,
+            };
+            self.gw
+                .watch_jobs(filter, r.after_feed_sequence)
+                .map_err(to_status)?
+        } else {
+            validate_id("id", &r.id).map_err(field_status)?;
+            // One job's events are numbered by its own sequence; the filters and the feed
+            // position belong to watching every job.
+            let misplaced = [
+                ("target", !r.target.is_empty()),
+                ("states", !r.states.is_empty()),
+                ("after_feed_sequence", r.after_feed_sequence.is_some()),
+            ];
+            if let Some((field, _)) = misplaced.iter().find(|(_, set)| *set) {
+                return Err(field_status(FieldError {
+                    field: (*field).into(),
+                    reason: "applies to watching every job (no id)".into(),
+                }));
+            }
+            self.gw.watch_job(&r.id).map_err(to_status)?
+        };
         Ok(Response::new(Box::pin(stream.map(|r| {
             r.map(|j| convert::job_event(&j)).map_err(to_status)
         }))))

@@ -320,7 +320,10 @@ async fn dispatch(conn: &Conn, cmd: Command) -> Result<ExitCode, ClientError> {
         Command::Wait { id, timeout } => {
             let wait = async {
                 let mut s = training
-                    .watch(pb::WatchJobRequest { id })
+                    .watch(pb::WatchJobRequest {
+                        id,
+                        ..Default::default()
+                    })
                     .await?
                     .into_inner();
                 let mut last = None;

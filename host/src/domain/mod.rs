@@ -109,6 +109,10 @@ pub struct Job {
     pub cancel_sent_at: Option<Millis>,
     /// Bumped on every state or message change; Watch events carry it.
     pub sequence: u64,
+    /// This version's place in the gateway-wide change feed (set by the store on every change
+    /// watchers hear of); Watch-all resumes after it.
+    #[serde(default)]
+    pub feed_sequence: u64,
 }
 
 /// The status a backend reported for a job, already in domain terms.
@@ -359,6 +363,7 @@ mod tests {
             cancel_requested: false,
             cancel_sent_at: None,
             sequence: 1,
+            feed_sequence: 0,
         }
     }
 

@@ -11,7 +11,7 @@ use crate::domain::{
 };
 use crate::error::{GatewayError, Result};
 use crate::runtime::{BackendFailure, PluginError, Target};
-use crate::store::{Change, Inserted, new_id};
+use crate::store::{Change, Inserted, JobIndex, new_id};
 
 /// Lines fetched from a backend per call.
 const LOG_PAGE: u32 = 500;
@@ -33,6 +33,24 @@ pub struct JobFilter {
     pub target: Option<String>,
     pub state: Option<JobState>,
 }
+
+/// Which changes a Watch of every job streams.
+#[derive(Debug, Default, Clone)]
+pub struct WatchFilter {
+    pub target: Option<String>,
+    /// Any of these states; empty: all.
+    pub states: Vec<JobState>,
+}
+
+impl WatchFilter {
+    fn matches(&self, j: &Job) -> bool {
+        self.target.as_ref().is_none_or(|t| &j.target == t)
+            && (self.states.is_empty() || self.states.contains(&j.state))
+    }
+}
+
+/// Feed entries read at once when a watcher replays.
+const FEED_PAGE: usize = 512;
 
 /// A URI naming a file on the gateway's machine: what a target elsewhere cannot read.
 fn is_local_path(uri: &str) -> bool {
@@ -116,6 +134,7 @@ impl Gateway {
             cancel_requested: false,
             cancel_sent_at: None,
             sequence: 1,
+            feed_sequence: 0,
         };
         let job = match self.store.insert_job(job, idempotency_key.as_deref())? {
             Inserted::Existing(j) => return Ok(j),
@@ -194,7 +213,15 @@ impl Gateway {
         {
             return Err(GatewayError::NotFound(format!("target {t}")));
         }
-        Ok(self.store.list_jobs(
+        // Read only the records the narrowest index holds.
+        let index = match (filter.target.as_deref(), filter.state) {
+            (Some(t), Some(s)) if !s.is_terminal() => Some(JobIndex::Live(t)),
+            (_, Some(s)) => Some(JobIndex::State(s)),
+            (Some(t), None) => Some(JobIndex::Target(t)),
+            (None, None) => None,
+        };
+        Ok(self.store.list_jobs_by(
+            index,
             |j| {
                 filter.target.as_ref().is_none_or(|t| &j.target == t)
                     && filter.state.is_none_or(|s| j.state == s)
@@ -282,6 +309,57 @@ impl Gateway {
                     if done {
                         return;
                     }
+                }
+            }
+        }))
+    }
+
+    /// Every job change from now (or after feed sequence `after`) that passes `filter`, in
+    /// feed order, until the client goes. The feed has every change that was published, so a
+    /// client resuming after the last sequence it saw gets each later change exactly once.
+    pub fn watch_jobs(&self, filter: WatchFilter, after: Option<u64>) -> Result<JobStream> {
+        // Subscribed before reading the feed's head, so nothing falls between the two.
+        let mut changes = self.store.subscribe();
+        if let Some(t) = &filter.target
+            && self.runtime.target(t).is_none()
+        {
+            return Err(GatewayError::NotFound(format!("target {t}")));
+        }
+        let store = self.store.clone();
+        let start = match after {
+            Some(a) => a,
+            None => store.feed_head()?,
+        };
+        Ok(Box::pin(async_stream::try_stream! {
+            let mut seen = start;
+            // The replay, in pages, then live changes; a watcher that falls behind the
+            // broadcast reads the feed again from where it was.
+            let mut replay = after.is_some();
+            loop {
+                if replay {
+                    let page = store.feed_after(seen, FEED_PAGE)?;
+                    let more = page.len() == FEED_PAGE;
+                    for (seq, job) in page {
+                        seen = seq;
+                        if let Some(j) = job.filter(|j| filter.matches(j)) {
+                            yield j;
+                        }
+                    }
+                    replay = more;
+                    continue;
+                }
+                match changes.recv().await {
+                    Ok(Change::Job(j)) => {
+                        if j.feed_sequence > seen {
+                            seen = j.feed_sequence;
+                            if filter.matches(&j) {
+                                yield *j;
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => replay = true,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
             }
         }))

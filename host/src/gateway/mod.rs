@@ -15,7 +15,7 @@ use crate::runtime::{Runtime, Target};
 use crate::store::Store;
 
 pub use endpoints::EndpointFilter;
-pub use jobs::{JobFilter, LogItem};
+pub use jobs::{JobFilter, LogItem, WatchFilter};
 
 /// Until authentication lands every caller is this tenant.
 pub const DEFAULT_TENANT: &str = "default";

@@ -1,8 +1,17 @@
-//! The gateway's record of every job and endpoint, in sled. A submitted job is flushed to disk
-//! before Submit answers; idempotency keys map to the record they created; every job state
-//! change is kept as an event so Watch can replay, and is also published to live watchers.
+//! The gateway's record of every job and endpoint, in sled. A submitted job is durable before
+//! Submit answers (through a group commit, so concurrent Submits share flushes); idempotency
+//! keys map to the record they created; every job state change is kept as an event so Watch
+//! can replay, numbered in one gateway-wide change feed that Watch-all resumes from, and is
+//! published to live watchers.
+//!
+//! Indexes keep the gateway's cost with what is live, not with history: the reconciler finds a
+//! target's live records, and a filtered list its page, without decoding anything else. A write
+//! that changes nothing is not written.
+
+mod commit;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use serde::{Serialize, de::DeserializeOwned};
 use sled::Transactional;
@@ -20,6 +29,8 @@ pub enum StoreError {
     Corrupt { key: String, message: String },
     #[error("{0} not found")]
     NotFound(String),
+    #[error("storage: making writes durable: {0}")]
+    Flush(String),
     #[error("{0}")]
     Conflict(String),
     /// A request named something the store can never hold (a page token it did not hand out).
@@ -53,8 +64,95 @@ pub struct Store {
     idempotency: sled::Tree,
     endpoint_names: sled::Tree,
     events: sled::Tree,
+    /// Secondary keys (see `job_index_keys`, `endpoint_index_keys`), values empty.
+    index: sled::Tree,
+    /// The change feed: feed sequence (big-endian) → the job event's key.
+    feed: sled::Tree,
+    meta: sled::Tree,
+    /// Held while a job change takes its feed sequence, commits and is queued for publishing,
+    /// so the feed's order, the commit order and what live watchers see are one order: a
+    /// watcher resuming after sequence N can never miss a change numbered below N committed
+    /// later.
+    feed_order: Arc<Mutex<()>>,
+    commit: Arc<commit::GroupCommit>,
     changes: broadcast::Sender<Change>,
 }
+
+/// The index entries a job has: by target, by state, by tenant, and live by target.
+fn job_index_keys(j: &Job) -> Vec<Vec<u8>> {
+    let mut keys = vec![
+        index_key(b'j', b't', &j.target, &j.id),
+        index_key(b'j', b's', j.state.as_str(), &j.id),
+        index_key(b'j', b'n', &j.tenant, &j.id),
+    ];
+    if !j.state.is_terminal() {
+        keys.push(index_key(b'j', b'l', &j.target, &j.id));
+    }
+    keys
+}
+
+fn endpoint_index_keys(e: &Endpoint) -> Vec<Vec<u8>> {
+    if e.state == EndpointState::Deleted {
+        Vec::new()
+    } else {
+        vec![index_key(b'e', b'l', &e.target, &e.id)]
+    }
+}
+
+/// `<kind> <index> <value>\0<id>`: the ids under one value sort by creation time, as the
+/// records do.
+fn index_key(kind: u8, index: u8, value: &str, id: &str) -> Vec<u8> {
+    let mut k = index_prefix(kind, index, value);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn index_prefix(kind: u8, index: u8, value: &str) -> Vec<u8> {
+    let mut k = vec![kind, index];
+    k.extend_from_slice(value.as_bytes());
+    k.push(0);
+    k
+}
+
+/// Which index a job listing can use instead of reading every record.
+#[derive(Debug, Clone, Copy)]
+pub enum JobIndex<'a> {
+    /// A target's jobs that have not ended.
+    Live(&'a str),
+    Target(&'a str),
+    State(JobState),
+    Tenant(&'a str),
+}
+
+impl JobIndex<'_> {
+    fn prefix(self) -> Vec<u8> {
+        match self {
+            Self::Live(t) => index_prefix(b'j', b'l', t),
+            Self::Target(t) => index_prefix(b'j', b't', t),
+            Self::State(s) => index_prefix(b'j', b's', s.as_str()),
+            Self::Tenant(t) => index_prefix(b'j', b'n', t),
+        }
+    }
+}
+
+/// Moves a record's index entries from `old` to `new` inside a transaction.
+fn reindex(
+    index: &sled::transaction::TransactionalTree,
+    old: &[Vec<u8>],
+    new: &[Vec<u8>],
+) -> std::result::Result<(), ConflictableTransactionError<StoreError>> {
+    for k in old.iter().filter(|k| !new.contains(k)) {
+        index.remove(k.as_slice())?;
+    }
+    for k in new.iter().filter(|k| !old.contains(k)) {
+        index.insert(k.as_slice(), &[][..])?;
+    }
+    Ok(())
+}
+
+const INDEX_VERSION: &[u8] = b"index-version";
+/// Bump when the index keys change: the next open rebuilds them.
+const INDEX_CURRENT: &[u8] = b"1";
 
 /// What an insert with an idempotency key did.
 pub enum Inserted<T> {
@@ -88,6 +186,10 @@ fn event_key(id: &str, seq: u64) -> Vec<u8> {
     k
 }
 
+fn feed_seq(key: &[u8]) -> u64 {
+    key.try_into().map(u64::from_be_bytes).unwrap_or_default()
+}
+
 fn unwrap_tx<T>(r: std::result::Result<T, TransactionError<StoreError>>) -> Result<T> {
     match r {
         Ok(v) => Ok(v),
@@ -100,15 +202,50 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Self> {
         let db = sled::Config::new().path(dir).open()?;
         let (changes, _) = broadcast::channel(1024);
-        Ok(Self {
+        let commit = commit::GroupCommit::start(db.clone(), changes.clone())
+            .map_err(|e| StoreError::Flush(format!("starting the committer: {e}")))?;
+        let store = Self {
             jobs: db.open_tree("jobs")?,
             endpoints: db.open_tree("endpoints")?,
             idempotency: db.open_tree("idempotency")?,
             endpoint_names: db.open_tree("endpoint_names")?,
             events: db.open_tree("job_events")?,
+            index: db.open_tree("index")?,
+            feed: db.open_tree("feed")?,
+            meta: db.open_tree("meta")?,
+            feed_order: Arc::new(Mutex::new(())),
+            commit: Arc::new(commit),
             db,
             changes,
-        })
+        };
+        store.build_indexes()?;
+        Ok(store)
+    }
+
+    /// A store written before the indexes existed (or with older keys) gets them once; every
+    /// later open reads one key and moves on.
+    fn build_indexes(&self) -> Result<()> {
+        if self.meta.get(INDEX_VERSION)?.as_deref() == Some(INDEX_CURRENT) {
+            return Ok(());
+        }
+        self.index.clear()?;
+        for item in self.jobs.iter() {
+            let (k, v) = item?;
+            let job: Job = decode(&k, &v)?;
+            for key in job_index_keys(&job) {
+                self.index.insert(key, &[][..])?;
+            }
+        }
+        for item in self.endpoints.iter() {
+            let (k, v) = item?;
+            let ep: Endpoint = decode(&k, &v)?;
+            for key in endpoint_index_keys(&ep) {
+                self.index.insert(key, &[][..])?;
+            }
+        }
+        self.meta.insert(INDEX_VERSION, INDEX_CURRENT)?;
+        self.db.flush()?;
+        Ok(())
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
@@ -124,35 +261,87 @@ impl Store {
     /// pool, which also writes the log buffers; enough concurrent flushes fill that pool with
     /// waiters and nothing is left to write, so the gateway hung under concurrent submits. A
     /// blocking flush on tokio's blocking pool leaves sled's pool free to do the writing.
+    ///
+    /// Concurrent callers share flushes (see `commit`).
     pub async fn flush(&self) -> Result<()> {
-        flush_tree(&self.db).await
+        self.commit.commit().await.map_err(StoreError::Flush)
+    }
+
+    /// Feed sequences start at 1, so "after 0" means the whole feed. sled's ids only grow,
+    /// across restarts too.
+    fn next_feed_sequence(&self) -> Result<u64> {
+        Ok(self.db.generate_id()? + 1)
+    }
+
+    /// The feed's last sequence: a watcher starting now skips everything up to it.
+    pub fn feed_head(&self) -> Result<u64> {
+        Ok(self
+            .feed
+            .last()?
+            .map(|(k, _)| feed_seq(&k))
+            .unwrap_or_default())
+    }
+
+    /// The feed entries numbered above `after`, oldest first, at most `limit`: each entry's
+    /// sequence and the job version it recorded — None where a later change of the same job
+    /// event replaced it (that change has its own, later entry) or the event is gone.
+    pub fn feed_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Option<Job>)>> {
+        let mut out = Vec::new();
+        for item in self.feed.range(after.saturating_add(1).to_be_bytes()..) {
+            let (k, event) = item?;
+            let seq = feed_seq(&k);
+            let job = match self.events.get(&event)? {
+                Some(v) => Some(decode::<Job>(&event, &v)?).filter(|j| j.feed_sequence == seq),
+                None => None,
+            };
+            out.push((seq, job));
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// Records a new job, or returns the one an earlier call with the same key created.
-    pub fn insert_job(&self, job: Job, idempotency_key: Option<&str>) -> Result<Inserted<Job>> {
+    pub fn insert_job(&self, mut job: Job, idempotency_key: Option<&str>) -> Result<Inserted<Job>> {
         let id = job.id.clone();
-        let bytes = encode(&job);
         let ikey = idempotency_key.map(|k| idem_key(&job.tenant, "job", k));
-        let existing = unwrap_tx((&self.jobs, &self.idempotency, &self.events).transaction(
-            |(jobs, idem, events)| {
-                if let Some(k) = &ikey {
-                    if let Some(prev) = idem.get(k)? {
-                        return Ok(Some(prev));
+        let keys = job_index_keys(&job);
+        let order = self.feed_order.lock().unwrap_or_else(|p| p.into_inner());
+        job.feed_sequence = self.next_feed_sequence()?;
+        let bytes = encode(&job);
+        let existing = unwrap_tx(
+            (
+                &self.jobs,
+                &self.idempotency,
+                &self.events,
+                &self.index,
+                &self.feed,
+            )
+                .transaction(|(jobs, idem, events, index, feed)| {
+                    if let Some(k) = &ikey {
+                        if let Some(prev) = idem.get(k)? {
+                            return Ok(Some(prev));
+                        }
+                        idem.insert(k.as_slice(), id.as_bytes())?;
                     }
-                    idem.insert(k.as_slice(), id.as_bytes())?;
-                }
-                jobs.insert(id.as_bytes(), bytes.as_slice())?;
-                events.insert(event_key(&id, job.sequence), bytes.as_slice())?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(None)
-            },
-        ))?;
+                    let event = event_key(&id, job.sequence);
+                    jobs.insert(id.as_bytes(), bytes.as_slice())?;
+                    events.insert(event.as_slice(), bytes.as_slice())?;
+                    feed.insert(&job.feed_sequence.to_be_bytes()[..], event)?;
+                    reindex(index, &[], &keys)?;
+                    Ok::<_, ConflictableTransactionError<StoreError>>(None)
+                }),
+        )?;
         match existing {
             Some(prev_id) => {
+                drop(order);
                 let prev_id = String::from_utf8_lossy(&prev_id).into_owned();
                 Ok(Inserted::Existing(self.job(&prev_id)?))
             }
             None => {
-                let _ = self.changes.send(Change::Job(Box::new(job.clone())));
+                self.commit.publish(Change::Job(Box::new(job.clone())));
+                drop(order);
                 Ok(Inserted::Created(job))
             }
         }
@@ -166,30 +355,50 @@ impl Store {
     }
 
     /// Applies `f` atomically to the stored job. `f` returns whether watchers should hear of it;
-    /// such changes are appended to the job's event log.
+    /// such changes are appended to the job's event log and the feed. A record `f` leaves as
+    /// it was is not written at all (a poll that saw nothing new costs no write).
     pub fn update_job<F>(&self, id: &str, f: F) -> Result<Job>
     where
         F: Fn(&mut Job) -> bool,
     {
-        let (job, notify) = unwrap_tx((&self.jobs, &self.events).transaction(|(jobs, events)| {
-            let Some(b) = jobs.get(id)? else {
-                return Err(ConflictableTransactionError::Abort(StoreError::NotFound(
-                    format!("job {id}"),
-                )));
-            };
-            let mut job: Job =
-                decode(id.as_bytes(), &b).map_err(ConflictableTransactionError::Abort)?;
-            let notify = f(&mut job);
-            let bytes = encode(&job);
-            jobs.insert(id.as_bytes(), bytes.as_slice())?;
-            if notify {
-                events.insert(event_key(id, job.sequence), bytes.as_slice())?;
-            }
-            Ok((job, notify))
-        }))?;
+        let order = self.feed_order.lock().unwrap_or_else(|p| p.into_inner());
+        // Taken before the transaction (which may run `f` more than once); a change that
+        // turns out not to notify leaves a gap in the feed, which readers skip.
+        let feed_sequence = self.next_feed_sequence()?;
+        let (job, notify) = unwrap_tx(
+            (&self.jobs, &self.events, &self.index, &self.feed).transaction(
+                |(jobs, events, index, feed)| {
+                    let Some(b) = jobs.get(id)? else {
+                        return Err(ConflictableTransactionError::Abort(StoreError::NotFound(
+                            format!("job {id}"),
+                        )));
+                    };
+                    let before: Job =
+                        decode(id.as_bytes(), &b).map_err(ConflictableTransactionError::Abort)?;
+                    let mut job = before.clone();
+                    let notify = f(&mut job);
+                    if !notify && job == before {
+                        return Ok((job, false));
+                    }
+                    if notify {
+                        job.feed_sequence = feed_sequence;
+                    }
+                    let bytes = encode(&job);
+                    jobs.insert(id.as_bytes(), bytes.as_slice())?;
+                    if notify {
+                        let event = event_key(id, job.sequence);
+                        events.insert(event.as_slice(), bytes.as_slice())?;
+                        feed.insert(&feed_sequence.to_be_bytes()[..], event)?;
+                    }
+                    reindex(index, &job_index_keys(&before), &job_index_keys(&job))?;
+                    Ok((job, notify))
+                },
+            ),
+        )?;
         if notify {
-            let _ = self.changes.send(Change::Job(Box::new(job.clone())));
+            self.commit.publish(Change::Job(Box::new(job.clone())));
         }
+        drop(order);
         Ok(job)
     }
 
@@ -202,37 +411,82 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<Job>, Option<String>)> {
+        self.list_jobs_by(None, filter, after, limit)
+    }
+
+    /// As `list_jobs`, reading only the records under `index` (then `filter` on those).
+    pub fn list_jobs_by(
+        &self,
+        index: Option<JobIndex<'_>>,
+        filter: impl Fn(&Job) -> bool,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Job>, Option<String>)> {
         if let Some(a) = after {
             validate_page_token("j", a)?;
         }
-        let iter = match after {
-            Some(a) => self.jobs.range(..a.as_bytes()),
-            None => self.jobs.range::<&[u8], _>(..),
+        let mut out: Vec<Job> = Vec::new();
+        let mut take = |job: Job| {
+            if !filter(&job) {
+                return None;
+            }
+            if out.len() == limit {
+                return Some(out.last().map(|j: &Job| j.id.clone()));
+            }
+            out.push(job);
+            None
         };
-        let mut out = Vec::new();
-        for item in iter.rev() {
-            let (k, v) = item?;
-            let job: Job = decode(&k, &v)?;
-            if filter(&job) {
-                if out.len() == limit {
-                    let last: &Job = out.last().unwrap();
-                    return Ok((out.clone(), Some(last.id.clone())));
+        let mut next = None;
+        match index {
+            None => {
+                let iter = match after {
+                    Some(a) => self.jobs.range(..a.as_bytes()),
+                    None => self.jobs.range::<&[u8], _>(..),
+                };
+                for item in iter.rev() {
+                    let (k, v) = item?;
+                    if let Some(n) = take(decode(&k, &v)?) {
+                        next = n;
+                        break;
+                    }
                 }
-                out.push(job);
+            }
+            Some(ix) => {
+                let prefix = ix.prefix();
+                let end = match after {
+                    Some(a) => [prefix.as_slice(), a.as_bytes()].concat(),
+                    None => [prefix.as_slice(), &[0xff]].concat(),
+                };
+                for item in self.index.range(prefix.clone()..end).rev() {
+                    let (k, _) = item?;
+                    let id = &k[prefix.len()..];
+                    // Index and record are written in one transaction; a missing record
+                    // would be a bug, and skipping it keeps listing the rest.
+                    let Some(v) = self.jobs.get(id)? else {
+                        continue;
+                    };
+                    if let Some(n) = take(decode(id, &v)?) {
+                        next = n;
+                        break;
+                    }
+                }
             }
         }
-        Ok((out, None))
+        Ok((out, next))
     }
 
-    /// One target's jobs that have not ended.
+    /// One target's jobs that have not ended, from the live index.
     pub fn live_jobs_of(&self, target: &str) -> Result<Vec<Job>> {
-        Ok(self
-            .list_jobs(
-                |j| j.target == target && !j.state.is_terminal(),
-                None,
-                usize::MAX,
-            )?
-            .0)
+        let prefix = index_prefix(b'j', b'l', target);
+        let mut out = Vec::new();
+        for item in self.index.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            let id = &k[prefix.len()..];
+            if let Some(v) = self.jobs.get(id)? {
+                out.push(decode(id, &v)?);
+            }
+        }
+        Ok(out)
     }
 
     /// The job's recorded changes with a sequence above `after`, oldest first.
@@ -258,9 +512,15 @@ impl Store {
         let bytes = encode(&ep);
         let ikey = idempotency_key.map(|k| idem_key(&ep.tenant, "endpoint", k));
         let nkey = name_key(&ep.tenant, &ep.spec.name);
+        let keys = endpoint_index_keys(&ep);
         let existing = unwrap_tx(
-            (&self.endpoints, &self.idempotency, &self.endpoint_names).transaction(
-                |(eps, idem, names)| {
+            (
+                &self.endpoints,
+                &self.idempotency,
+                &self.endpoint_names,
+                &self.index,
+            )
+                .transaction(|(eps, idem, names, index)| {
                     if let Some(k) = &ikey {
                         if let Some(prev) = idem.get(k)? {
                             return Ok(Some(prev));
@@ -274,16 +534,16 @@ impl Store {
                     }
                     names.insert(nkey.as_slice(), id.as_bytes())?;
                     eps.insert(id.as_bytes(), bytes.as_slice())?;
+                    reindex(index, &[], &keys)?;
                     Ok(None)
-                },
-            ),
+                }),
         )?;
         match existing {
             Some(prev) => Ok(Inserted::Existing(
                 self.endpoint(&String::from_utf8_lossy(&prev))?,
             )),
             None => {
-                let _ = self.changes.send(Change::Endpoint(Box::new(ep.clone())));
+                self.commit.publish(Change::Endpoint(Box::new(ep.clone())));
                 Ok(Inserted::Created(ep))
             }
         }
@@ -311,29 +571,40 @@ impl Store {
     where
         F: Fn(&mut Endpoint) -> bool,
     {
-        let (ep, notify) = unwrap_tx((&self.endpoints, &self.endpoint_names).transaction(
-            |(eps, names)| {
-                let Some(b) = eps.get(id)? else {
-                    return Err(ConflictableTransactionError::Abort(StoreError::NotFound(
-                        format!("endpoint {id}"),
-                    )));
-                };
-                let mut ep: Endpoint =
-                    decode(id.as_bytes(), &b).map_err(ConflictableTransactionError::Abort)?;
-                let notify = f(&mut ep);
-                eps.insert(id.as_bytes(), encode(&ep))?;
-                // A deleted endpoint frees its name for reuse.
-                if ep.state == EndpointState::Deleted {
-                    let nk = name_key(&ep.tenant, &ep.spec.name);
-                    if names.get(&nk)?.as_deref() == Some(id.as_bytes()) {
-                        names.remove(nk)?;
+        let (ep, notify) = unwrap_tx(
+            (&self.endpoints, &self.endpoint_names, &self.index).transaction(
+                |(eps, names, index)| {
+                    let Some(b) = eps.get(id)? else {
+                        return Err(ConflictableTransactionError::Abort(StoreError::NotFound(
+                            format!("endpoint {id}"),
+                        )));
+                    };
+                    let before: Endpoint =
+                        decode(id.as_bytes(), &b).map_err(ConflictableTransactionError::Abort)?;
+                    let mut ep = before.clone();
+                    let notify = f(&mut ep);
+                    if !notify && ep == before {
+                        return Ok((ep, false));
                     }
-                }
-                Ok((ep, notify))
-            },
-        ))?;
+                    eps.insert(id.as_bytes(), encode(&ep))?;
+                    reindex(
+                        index,
+                        &endpoint_index_keys(&before),
+                        &endpoint_index_keys(&ep),
+                    )?;
+                    // A deleted endpoint frees its name for reuse.
+                    if ep.state == EndpointState::Deleted {
+                        let nk = name_key(&ep.tenant, &ep.spec.name);
+                        if names.get(&nk)?.as_deref() == Some(id.as_bytes()) {
+                            names.remove(nk)?;
+                        }
+                    }
+                    Ok((ep, notify))
+                },
+            ),
+        )?;
         if notify {
-            let _ = self.changes.send(Change::Endpoint(Box::new(ep.clone())));
+            self.commit.publish(Change::Endpoint(Box::new(ep.clone())));
         }
         Ok(ep)
     }
@@ -367,15 +638,18 @@ impl Store {
         Ok((out, None))
     }
 
-    /// One target's endpoints that are not deleted.
+    /// One target's endpoints that are not deleted, from the live index.
     pub fn live_endpoints_of(&self, target: &str) -> Result<Vec<Endpoint>> {
-        Ok(self
-            .list_endpoints(
-                |e| e.target == target && e.state != EndpointState::Deleted,
-                None,
-                usize::MAX,
-            )?
-            .0)
+        let prefix = index_prefix(b'e', b'l', target);
+        let mut out = Vec::new();
+        for item in self.index.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            let id = &k[prefix.len()..];
+            if let Some(v) = self.endpoints.get(id)? {
+                out.push(decode(id, &v)?);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -410,6 +684,7 @@ mod tests {
             cancel_requested: false,
             cancel_sent_at: None,
             sequence: 1,
+            feed_sequence: 0,
         }
     }
 
@@ -477,6 +752,184 @@ mod tests {
             s.update_job("missing", |_| true),
             Err(StoreError::NotFound(_))
         ));
+    }
+
+    fn done(s: &Store, id: &str) {
+        s.update_job(id, |j| {
+            j.transition(JobState::Succeeded, String::new(), 3);
+            true
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn live_records_come_from_the_index_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = (0..4).map(|_| new_id("j")).collect();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            for (i, id) in ids.iter().enumerate() {
+                let mut j = job(id);
+                j.target = if i % 2 == 0 { "a" } else { "b" }.into();
+                s.insert_job(j, None).unwrap();
+            }
+            done(&s, &ids[0]);
+            s.db.flush().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let live = |t: &str| {
+            s.live_jobs_of(t)
+                .unwrap()
+                .into_iter()
+                .map(|j| j.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(live("a"), vec![ids[2].clone()]);
+        assert_eq!(live("b"), vec![ids[1].clone(), ids[3].clone()]);
+        // Only what the index holds is read: a record removed behind the index's back
+        // is not listed, and nothing else is.
+        s.jobs.remove(ids[3].as_bytes()).unwrap();
+        assert_eq!(live("b"), vec![ids[1].clone()]);
+        let by_state = s
+            .list_jobs_by(
+                Some(JobIndex::State(JobState::Succeeded)),
+                |_| true,
+                None,
+                10,
+            )
+            .unwrap()
+            .0;
+        assert_eq!(
+            by_state.iter().map(|j| &j.id).collect::<Vec<_>>(),
+            vec![&ids[0]]
+        );
+    }
+
+    #[test]
+    fn indexes_are_built_for_a_store_written_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = new_id("j");
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.insert_job(job(&id), None).unwrap();
+            // As a store from before the indexes: records only.
+            s.index.clear().unwrap();
+            s.meta.remove(INDEX_VERSION).unwrap();
+            s.db.flush().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.live_jobs_of("local").unwrap().len(), 1);
+        let page = |after: Option<&str>| {
+            s.list_jobs_by(Some(JobIndex::Target("local")), |_| true, after, 10)
+                .unwrap()
+        };
+        assert_eq!(page(None).0.len(), 1);
+        assert!(page(Some(&id)).0.is_empty(), "after the only job: nothing");
+    }
+
+    #[tokio::test]
+    async fn an_update_that_changes_nothing_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let id = new_id("j");
+        let mut watch = s.subscribe();
+        s.insert_job(job(&id), None).unwrap();
+        let before = s.jobs.get(&id).unwrap().unwrap();
+        let mut writes = s.jobs.watch_prefix(id.as_bytes());
+        s.update_job(&id, |_| false).unwrap();
+        s.update_job(&id, |j| {
+            j.backend_state = String::new();
+            false
+        })
+        .unwrap();
+        assert!(
+            writes.next_timeout(std::time::Duration::ZERO).is_err(),
+            "no write reached the tree"
+        );
+        assert_eq!(s.jobs.get(&id).unwrap().unwrap(), before);
+        s.flush().await.unwrap();
+        assert!(
+            matches!(watch.try_recv(), Ok(Change::Job(j)) if j.sequence == 1),
+            "the insert is published"
+        );
+        assert!(
+            watch.try_recv().is_err(),
+            "and no watcher heard of the rest"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_feed_replays_every_change_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = (0..3).map(|_| new_id("j")).collect();
+        let mut seen = Vec::new();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let mut live = s.subscribe();
+            for id in &ids {
+                s.insert_job(job(id), None).unwrap();
+            }
+            done(&s, &ids[1]);
+            // A change watchers are not told of takes no place in the feed.
+            s.update_job(&ids[0], |j| {
+                j.backend_state = "x".into();
+                false
+            })
+            .unwrap();
+            done(&s, &ids[0]);
+            // Published once durable: after a flush, every change written before it.
+            s.flush().await.unwrap();
+            while let Ok(Change::Job(j)) = live.try_recv() {
+                seen.push((j.feed_sequence, j.id.clone(), j.state));
+            }
+            s.db.flush().unwrap();
+        }
+        assert_eq!(seen.len(), 5);
+        assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
+        let s = Store::open(dir.path()).unwrap();
+        let replay = |after: u64, limit: usize| {
+            s.feed_after(after, limit)
+                .unwrap()
+                .into_iter()
+                .filter_map(|(_, j)| j.map(|j| (j.feed_sequence, j.id, j.state)))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            replay(0, 100),
+            seen,
+            "what live watchers saw, after a reopen"
+        );
+        assert_eq!(replay(seen[2].0, 100), seen[3..]);
+        assert_eq!(replay(0, 2), seen[..2]);
+        assert_eq!(s.feed_head().unwrap(), seen[4].0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_flushes_are_shared_and_each_waits_for_its_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let id = new_id("j");
+                    s.insert_job(job(&id), None).unwrap();
+                    s.flush().await.unwrap();
+                    id
+                })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.unwrap());
+        }
+        // Durable means on disk: a second handle on the same files after the first is
+        // dropped sees every acknowledged record.
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        for id in &ids {
+            s.job(id).unwrap();
+        }
     }
 
     #[test]

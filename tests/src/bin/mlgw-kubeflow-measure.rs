@@ -26,7 +26,10 @@ async fn time_to_running(
     submitted: Instant,
 ) -> Duration {
     let mut s = t
-        .watch(pb::WatchJobRequest { id: id.into() })
+        .watch(pb::WatchJobRequest {
+            id: id.into(),
+            ..Default::default()
+        })
         .await
         .expect("watch")
         .into_inner();

@@ -204,6 +204,7 @@ async fn main() {
         cancel_requested: false,
         cancel_sent_at: None,
         sequence: 2,
+        feed_sequence: 0,
     };
     gw.store.insert_job(job.clone(), None).unwrap();
     let gateway_addr = serve(mlgw::api::routes(gw.clone()).unwrap()).await;
