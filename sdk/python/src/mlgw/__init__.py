@@ -32,7 +32,7 @@ from .errors import (
     Unavailable,
     Unsupported,
 )
-from .job import Job, JobList, JobState, LogLine
+from .job import Job, JobChange, JobList, JobState, LogLine
 from .target import FEATURES, Target, TargetList
 
 __version__ = "0.1.0"
@@ -53,6 +53,7 @@ __all__ = [
     "InvalidSpec",
     "Job",
     "JobCancelled",
+    "JobChange",
     "JobFailed",
     "JobList",
     "JobState",

@@ -6,7 +6,8 @@ import datetime as _dt
 import json
 import os
 import shlex
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,16 +24,16 @@ from ._proto.mlgw.v1 import (
     training_pb2,
     training_pb2_grpc,
 )
-from ._stream import open_stream
+from ._stream import open_stream, pump
 from .artifacts import Artifact, ArtifactList, is_uri, pack
 from .artifacts import upload as _upload
 from .endpoint import STATE_VALUES as ENDPOINT_STATE_VALUES
 from .endpoint import STATES as ENDPOINT_STATES
 from .endpoint import Endpoint, EndpointList, model_ref, non_negative, percent
 from .endpoint import predict as _predict
-from .errors import InvalidSpec, MlgwError, from_rpc_error
+from .errors import InvalidSpec, MlgwError, Unavailable, from_rpc_error
+from .job import _WATCH_RETRIES, Job, JobChange, JobList
 from .job import STATE_VALUES as JOB_STATE_VALUES
-from .job import Job, JobList
 from .target import Target, TargetList
 
 __all__ = ["DEFAULT_ADDRESS", "Client", "resolve_address"]
@@ -308,6 +309,45 @@ class Client:
             if not token:
                 break
         return out if limit is None else JobList(out[:limit])
+
+    def watch_jobs(
+        self,
+        target: str | None = None,
+        states: Sequence[str] | None = None,
+        *,
+        after: int | None = None,
+    ) -> Iterator[JobChange]:
+        """Every job change as it happens, oldest first, until the caller stops iterating:
+        all jobs, or those on one ``target``, or changes into one of ``states``. With
+        ``after`` (a :attr:`JobChange.feed_sequence` seen earlier; 0 for all the gateway
+        kept), the changes after it are replayed first. If the gateway restarts, the watch
+        reconnects and resumes after the last change it yielded, so none is missed or
+        repeated."""
+        values = []
+        for st in states or ():
+            v = JOB_STATE_VALUES.get(st.lower(), -1)
+            if v <= 0:
+                raise ValueError(f"states must be among {', '.join(JOB_STATE_VALUES)}")
+            values.append(v)
+        last = after
+        failures = 0
+        while True:
+            req = training_pb2.WatchJobRequest(target=target or "", states=values)
+            if last is not None:
+                req.after_feed_sequence = last
+            call = self._open_stream(self._training.Watch, req, None)
+            try:
+                for ev in pump(call, None):
+                    failures = 0
+                    last = ev.feed_sequence
+                    yield JobChange(ev.feed_sequence, Job(self, ev.job))
+            except Unavailable:
+                failures += 1
+                if failures > _WATCH_RETRIES:
+                    raise
+                time.sleep(min(0.5 * 2**failures, 5.0))
+            finally:
+                call.cancel()
 
     # -- serving ------------------------------------------------------------------------------
 

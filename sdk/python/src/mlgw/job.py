@@ -298,6 +298,15 @@ class Job:
         return _display.record(f"Job {self.id}", fields)
 
 
+@dataclass(frozen=True)
+class JobChange:
+    """One change from :meth:`Client.watch_jobs`: the job as it was after the change, and the
+    change's place in the gateway's feed (pass it as ``after`` to resume)."""
+
+    feed_sequence: int
+    job: Job
+
+
 class JobList(list[Job]):
     """Jobs, newest first. ``to_pandas()`` gives a DataFrame; Jupyter shows a table."""
 

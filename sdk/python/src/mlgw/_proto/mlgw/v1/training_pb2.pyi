@@ -149,24 +149,32 @@ class CancelJobRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class WatchJobRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "target", "states", "after_feed_sequence")
     ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FEED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    target: str
+    states: _containers.RepeatedScalarFieldContainer[JobState]
+    after_feed_sequence: int
+    def __init__(self, id: _Optional[str] = ..., target: _Optional[str] = ..., states: _Optional[_Iterable[_Union[JobState, str]]] = ..., after_feed_sequence: _Optional[int] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("sequence", "state", "message", "time", "job")
+    __slots__ = ("sequence", "state", "message", "time", "job", "feed_sequence")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     JOB_FIELD_NUMBER: _ClassVar[int]
+    FEED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     state: JobState
     message: str
     time: _timestamp_pb2.Timestamp
     job: Job
-    def __init__(self, sequence: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+    feed_sequence: int
+    def __init__(self, sequence: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., feed_sequence: _Optional[int] = ...) -> None: ...
 
 class JobLogsRequest(_message.Message):
     __slots__ = ("id", "follow", "cursor")

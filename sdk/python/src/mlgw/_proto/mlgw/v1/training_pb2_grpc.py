@@ -99,7 +99,9 @@ class TrainingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """The job's current state, then every change until it ends.
+        """With an id: the job's current state, then every change until it ends. Without: every
+        job's changes (filtered by target and states) from now, or resumed after a feed sequence,
+        until the client goes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
