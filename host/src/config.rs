@@ -38,6 +38,41 @@ pub struct Config {
     pub targets: BTreeMap<String, TargetConfig>,
     #[serde(default)]
     pub artifacts: ArtifactsConfig,
+    #[serde(default)]
+    pub observability: ObservabilityConfig,
+}
+
+/// Metrics, traces and the log format (`[observability]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObservabilityConfig {
+    /// Serves Prometheus metrics at `http://<this>/metrics`; unset: no metrics port.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Exports traces over OTLP/gRPC to this collector (`http://otel-collector:4317`); unset:
+    /// no traces leave the gateway.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` traces carry.
+    pub service_name: String,
+    /// `text` (the default) or `json`, one object per line, for log collectors.
+    pub log_format: LogFormat,
+}
+
+impl Default for ObservabilityConfig {
+    fn default() -> Self {
+        Self {
+            metrics_listen: None,
+            otlp_endpoint: None,
+            service_name: "mlgw".into(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Where uploaded code and model files live (`[artifacts]`): a directory by default, an
@@ -681,6 +716,7 @@ impl Config {
             plugins: BTreeMap::new(),
             targets,
             artifacts: ArtifactsConfig::default(),
+            observability: ObservabilityConfig::default(),
         }
     }
 
@@ -707,6 +743,20 @@ impl Config {
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.targets.is_empty() {
             return Err(ConfigError::Invalid("no [targets] defined".into()));
+        }
+        if let Some(e) = &self.observability.otlp_endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "observability.otlp_endpoint {e:?} is not an http:// or https:// URL"
+            )));
+        }
+        if self.observability.metrics_listen.is_some()
+            && self.observability.metrics_listen == Some(self.listen)
+        {
+            return Err(ConfigError::Invalid(
+                "observability.metrics_listen is the gateway's own listen address".into(),
+            ));
         }
         if let Some(d) = &self.default_target
             && !self.targets.contains_key(d)
@@ -849,6 +899,36 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn observability_is_checked_like_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("mlgw.toml");
+        let load = |obs: &str| {
+            std::fs::write(
+                &p,
+                format!("[observability]\n{obs}\n[targets.local]\nplugin = \"local\"\n"),
+            )
+            .unwrap();
+            Config::load(&p)
+        };
+        let c = load("metrics_listen = \"0.0.0.0:9090\"\nlog_format = \"json\"").unwrap();
+        assert_eq!(
+            c.observability.metrics_listen,
+            Some("0.0.0.0:9090".parse().unwrap())
+        );
+        assert_eq!(c.observability.log_format, LogFormat::Json);
+        assert_eq!(c.observability.service_name, "mlgw");
+        for (bad, says) in [
+            ("metrics_port = 9090", "metrics_port"),
+            ("log_format = \"xml\"", "xml"),
+            ("otlp_endpoint = \"collector:4317\"", "otlp_endpoint"),
+            ("metrics_listen = \"127.0.0.1:50051\"", "metrics_listen"),
+        ] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn parses_a_full_config() {

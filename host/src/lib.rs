@@ -12,6 +12,7 @@ pub mod dataplane;
 pub mod domain;
 pub mod error;
 pub mod gateway;
+pub mod observability;
 pub mod reconciler;
 pub mod runtime;
 pub mod server;

@@ -61,11 +61,16 @@ async fn target_loop(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let sweep = sweep(&gw, &target, interval, &mut backoff);
+        let started = Instant::now();
+        let sweep = tracing::Instrument::instrument(
+            sweep(&gw, &target, interval, &mut backoff),
+            tracing::debug_span!("reconcile.sweep", mlgw.target = %target),
+        );
         tokio::select! {
             _ = sweep => {}
             _ = stop.changed() => return,
         }
+        crate::observability::metrics().sweep(&target, started.elapsed());
     }
 }
 

@@ -59,10 +59,31 @@ pub async fn serve(
         stop_rx,
     ));
     let routes = api::routes(gw.clone())?;
+    // Metrics on their own port, so a scrape never queues behind gRPC and the port can be
+    // opened to Prometheus alone.
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = match config.observability.metrics_listen {
+        Some(at) => {
+            let listener = crate::observability::metrics::bind(at).await?;
+            tracing::info!(addr = %listener.local_addr()?, "metrics at /metrics");
+            let targets = gw.targets().iter().map(|t| t.name.clone()).collect();
+            Some(tokio::spawn(crate::observability::metrics::serve(
+                listener,
+                gw.store.clone(),
+                targets,
+                async move {
+                    let _ = metrics_stopped.await;
+                },
+            )))
+        }
+        None => None,
+    };
     tracing::info!(%addr, data_dir = %config.data_dir.display(), targets = ?gw.targets().iter().map(|t| t.name.clone()).collect::<Vec<_>>(), "mlgw serving");
     on_listening(addr);
     let serving = async {
         tonic::transport::Server::builder()
+            // One span per RPC: plugin and capability calls it makes are its children.
+            .trace_fn(|req| tracing::info_span!("rpc", rpc.method = %req.uri().path()))
             .add_routes(routes)
             // Responses are small frames written back to back; with Nagle on, one can wait for
             // the client's delayed ACK (tens of milliseconds) behind the previous one.
@@ -77,6 +98,10 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     })
     .await;
+    let _ = metrics_stop.send(());
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
     // Whatever ended it, what was written so far is kept.
     gw.store.flush().await?;
     served

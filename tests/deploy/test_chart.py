@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import ssl
 import subprocess
 import tarfile
@@ -644,7 +645,10 @@ def test_default_values_install_and_the_pod_runs_under_restricted_pod_security(
             "--timeout",
             "180s",
         )
-        assert out.returncode == 0, out.stdout + out.stderr
+        if out.returncode != 0:
+            # What the cluster says about why the rollout did not finish.
+            seen = kubectl(cluster, "-n", ns, "get", "all,events", "-o", "wide")
+            pytest.fail(out.stdout + out.stderr + seen.stdout + seen.stderr)
         # The Deployment's pod was admitted by Pod Security "restricted" and is running (on the
         # cluster's fake node: KWOK plays the kubelet, so the probes and image are not run).
         pods = json.loads(
@@ -729,15 +733,18 @@ def sa_gateway(cluster: Cluster, tools: Tools, full_release: Release) -> Iterato
         "current-context": "sa",
     }
     (root / "sa.kubeconfig").write_text(json.dumps(kubeconfig))
-    # Until the gateway reads [observability] (the metrics half of issue 13), the config is
-    # rendered without it; everything else is exactly what the chart puts in its ConfigMap.
+    # Exactly what the chart puts in its ConfigMap, but for the metrics port: a free one, as
+    # other gateways on this machine may hold 9090.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        metrics_port = s.getsockname()[1]
     docs = render(
         tools,
         full_release.namespace,
         "-f",
         str(FULL),
         "--set",
-        "metrics.enabled=false",
+        f"metrics.port={metrics_port}",
         release=full_release.name,
     )
     (root / "mlgw.toml").write_text(only(docs, "ConfigMap")["data"]["mlgw.toml"])

@@ -549,7 +549,17 @@ impl KubeCapability {
         req: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
     ) -> Result<impl Stream<Item = Result<Bytes, BackendError>> + Unpin + use<>, kube::Error> {
         let req = req.map_err(kube::Error::BuildRequest)?;
-        let res = self.client.send(req.map(kube::client::Body::from)).await?;
+        let span = tracing::info_span!(
+            "capability.kube",
+            mlgw.target = %self.target,
+            http.method = %req.method(),
+            http.path = %req.uri().path()
+        );
+        let res = tracing::Instrument::instrument(
+            self.client.send(req.map(kube::client::Body::from)),
+            span,
+        )
+        .await?;
         let code = res.status();
         let mut body = res.into_body().into_data_stream();
         if code.is_client_error() || code.is_server_error() {

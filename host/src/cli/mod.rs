@@ -142,13 +142,6 @@ fn serve(
     data_dir: Option<PathBuf>,
     listen: Option<std::net::SocketAddr>,
 ) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MLGW_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let mut cfg = match config {
         Some(p) => match Config::load(&p) {
             Ok(c) => c,
@@ -177,6 +170,17 @@ fn serve(
             return ExitCode::FAILURE;
         }
     };
+    // Inside the runtime: the OTLP exporter is a tonic client.
+    let telemetry = {
+        let _in_runtime = rt.enter();
+        match crate::observability::telemetry::init(&cfg.observability) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        }
+    };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("installing the SIGTERM handler");
@@ -186,10 +190,15 @@ fn serve(
         }
         tracing::info!("shutting down");
     };
-    match rt.block_on(crate::server::serve(cfg, shutdown, |addr| {
+    let served = rt.block_on(crate::server::serve(cfg, shutdown, |addr| {
         // Scripts wait for this line to know the gateway is up and where.
         println!("mlgw listening on {addr}");
-    })) {
+    }));
+    {
+        let _in_runtime = rt.enter();
+        telemetry.shutdown();
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -320,7 +320,10 @@ impl Gateway {
             )));
         }
         let route = self.route(ep).await?;
-        Ok(self.dataplane.infer(&ep.id, &route, req).await?)
+        let started = std::time::Instant::now();
+        let out = self.dataplane.infer(&ep.id, &route, req).await;
+        crate::observability::metrics().prediction(&ep.target, started.elapsed(), out.is_ok());
+        Ok(out?)
     }
 
     /// What the endpoint's model server says about the model's tensors; None where its

@@ -564,10 +564,19 @@ macro_rules! call {
         call!($rt, $t, $id, $scope, 0; $iface.$method($($arg),*))
     };
     ($rt:ident, $t:expr, $id:expr, $scope:expr, $rev:expr; $iface:ident . $method:ident ( $($arg:expr),* )) => {{
-        let mut c = $rt.start($t, $id, $scope, $rev).await?;
-        let f = c.backend.$iface();
-        let res = tokio::time::timeout(c.remaining(), f.$method(&mut c.store, &c.ctx, $($arg),*)).await;
-        c.finish_backend(res)
+        // Every plugin call is one span (a child of the RPC or sweep that made it) and one
+        // observation of its latency; its failure is counted by kind.
+        let operation = stringify!($method).trim_start_matches("call_");
+        let span = tracing::info_span!("plugin.call", mlgw.target = %$t.name, operation, resource = %$id);
+        let started = Instant::now();
+        let r = tracing::Instrument::instrument(async {
+            let mut c = $rt.start($t, $id, $scope, $rev).await?;
+            let f = c.backend.$iface();
+            let res = tokio::time::timeout(c.remaining(), f.$method(&mut c.store, &c.ctx, $($arg),*)).await;
+            c.finish_backend(res)
+        }, span).await;
+        crate::observability::metrics().plugin_call(&$t.name, operation, started.elapsed(), r.as_ref().err());
+        r
     }};
 }
 

@@ -81,6 +81,7 @@ pub struct Store {
 /// The index entries a job has: by target, by state, by tenant, and live by target.
 fn job_index_keys(j: &Job) -> Vec<Vec<u8>> {
     let mut keys = vec![
+        index_key(b'j', b'x', &target_state(&j.target, j.state), &j.id),
         index_key(b'j', b't', &j.target, &j.id),
         index_key(b'j', b's', j.state.as_str(), &j.id),
         index_key(b'j', b'n', &j.tenant, &j.id),
@@ -89,6 +90,11 @@ fn job_index_keys(j: &Job) -> Vec<Vec<u8>> {
         keys.push(index_key(b'j', b'l', &j.target, &j.id));
     }
     keys
+}
+
+/// The by-target-and-state index's value: what the metrics count.
+fn target_state(target: &str, state: JobState) -> String {
+    format!("{target}\0{}", state.as_str())
 }
 
 fn endpoint_index_keys(e: &Endpoint) -> Vec<Vec<u8>> {
@@ -152,7 +158,7 @@ fn reindex(
 
 const INDEX_VERSION: &[u8] = b"index-version";
 /// Bump when the index keys change: the next open rebuilds them.
-const INDEX_CURRENT: &[u8] = b"1";
+const INDEX_CURRENT: &[u8] = b"2";
 
 /// What an insert with an idempotency key did.
 pub enum Inserted<T> {
@@ -473,6 +479,21 @@ impl Store {
             }
         }
         Ok((out, next))
+    }
+
+    /// How many of `target`'s jobs are in `state`: index keys counted, no record read.
+    pub fn count_jobs(&self, target: &str, state: JobState) -> Result<i64> {
+        let prefix = index_prefix(b'j', b'x', &target_state(target, state));
+        let mut n = 0;
+        for item in self.index.scan_prefix(prefix) {
+            item?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.db.size_on_disk()?)
     }
 
     /// One target's jobs that have not ended, from the live index.

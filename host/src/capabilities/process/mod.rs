@@ -255,6 +255,7 @@ impl ProcessCapability {
         Ok(program)
     }
 
+    #[tracing::instrument(name = "capability.process", skip_all, fields(mlgw.target = %self.target, program = %req.program))]
     pub async fn spawn(&self, req: SpawnRequest) -> Result<ProcessHandle, ProcessError> {
         let program = self.check_request(&req)?;
         {
