@@ -627,6 +627,10 @@ pub struct Limits {
     pub max_concurrent_calls: u32,
     /// How often live jobs and endpoints are polled.
     pub reconcile_interval_ms: u64,
+    /// On targets granted `kube`, whose objects' changes wake their records through watches:
+    /// how often a record in a steady state (a running job, a ready endpoint) is still
+    /// polled, in case an event was missed. Records in transition keep the interval above.
+    pub kube_resync_ms: u64,
     /// Plugin calls of one target at once (client calls and the reconciler's), so a slow or
     /// hostile target only ever waits on itself. At most `max_concurrent_calls`.
     pub target_concurrent_calls: u32,
@@ -647,6 +651,7 @@ impl Default for Limits {
             memory_mib: 64,
             max_concurrent_calls: 64,
             reconcile_interval_ms: 500,
+            kube_resync_ms: 60_000,
             target_concurrent_calls: 16,
             endpoint_failure_after_ms: 30_000,
             max_plugin_text_bytes: 16 * 1024,
@@ -842,6 +847,7 @@ impl Config {
             ("max_concurrent_calls", u64::from(l.max_concurrent_calls)),
             // The reconciler ticks at this interval; a zero one is a panic in its timer.
             ("reconcile_interval_ms", l.reconcile_interval_ms),
+            ("kube_resync_ms", l.kube_resync_ms),
             (
                 "target_concurrent_calls",
                 u64::from(l.target_concurrent_calls),

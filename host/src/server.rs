@@ -56,6 +56,7 @@ pub async fn serve(
     let reconciler = tokio::spawn(reconciler::run(
         gw.clone(),
         Duration::from_millis(config.limits.reconcile_interval_ms),
+        Duration::from_millis(config.limits.kube_resync_ms),
         stop_rx,
     ));
     let routes = api::routes(gw.clone())?;

@@ -87,9 +87,14 @@ fn is_terminal(s: &JobState) -> bool {
     )
 }
 
-/// Every pod of the job, paged, the master first.
-fn pods(kind: Kind, r: &JobRef) -> Result<Vec<Value>, BackendError> {
-    let selector = kind.pod_selector(&r.name);
+/// Every pod of the job, paged, the master first. The selector also names the target's own
+/// label, which every pod of the job carries: the host can then answer from its watch cache.
+fn pods(kind: Kind, r: &JobRef, target: &str) -> Result<Vec<Value>, BackendError> {
+    let selector = format!(
+        "{},{}={target}",
+        kind.pod_selector(&r.name),
+        objects::LABEL_TARGET
+    );
     let mut all = Vec::new();
     let mut token = String::new();
     loop {
@@ -207,7 +212,7 @@ impl Backend for Kubeflow {
         let before = r.clone();
         let now = time::now_ms();
         let note = if pods_due(&o, &r, now, s.pod_check_ms()) {
-            let note = status::first_note(&pods(kind, &r)?);
+            let note = status::first_note(&pods(kind, &r, &ctx.target)?);
             r.pods_at = now;
             r.note = note.as_ref().map(|n| n.message.clone());
             note
@@ -238,7 +243,7 @@ impl Backend for Kubeflow {
     }
 
     fn training_logs(
-        _ctx: CallContext,
+        ctx: CallContext,
         job: BackendRef,
         cursor: Option<String>,
         max_lines: u32,
@@ -256,7 +261,7 @@ impl Backend for Kubeflow {
         let room = (max_lines as usize).clamp(1, MAX_LINES);
         let mut lines = Vec::new();
         let mut drained = true;
-        for pod in pods(kind, &r)? {
+        for pod in pods(kind, &r, &ctx.target)? {
             let name = pod["metadata"]["name"].as_str().unwrap_or_default();
             if lines.len() >= room {
                 drained = false;

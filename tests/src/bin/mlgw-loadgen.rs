@@ -435,7 +435,12 @@ mod predict {
         let interval = Duration::from_millis(cfg.limits.reconcile_interval_ms);
         let gw = mlgw::server::build(&cfg).await.unwrap();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let reconciler = tokio::spawn(mlgw::reconciler::run(gw.clone(), interval, stop_rx));
+        let reconciler = tokio::spawn(mlgw::reconciler::run(
+            gw.clone(),
+            interval,
+            interval,
+            stop_rx,
+        ));
         let gateway_addr = serve(mlgw::api::routes(gw.clone()).unwrap()).await;
         let ep = gw
             .deploy(

@@ -32,8 +32,12 @@ const MAX_STATUS: usize = 64 << 10;
 const MAX_WATCH_SECONDS: u32 = 60;
 const MAX_FOLLOW_MS: u32 = 30_000;
 
+pub mod cache;
+
 pub struct KubeCapability {
     target: String,
+    /// Answers `get` and `list` from watches once synced (see `cache`).
+    cache: cache::Cache,
     client: kube::Client,
     namespaces: Vec<String>,
     kinds: Vec<String>,
@@ -118,6 +122,14 @@ fn field_in_message(msg: &str) -> Option<String> {
     }
     let (_, rest) = msg.split_once("unknown field \"")?;
     rest.split('"').next().map(str::to_string)
+}
+
+/// How many items a list answer from the cache holds.
+fn page_len(doc: &str) -> usize {
+    serde_json::from_str::<Value>(doc)
+        .ok()
+        .and_then(|v| v["items"].as_array().map(Vec::len))
+        .unwrap_or(usize::MAX)
 }
 
 fn bounded(doc: String) -> Result<String, BackendError> {
@@ -400,6 +412,7 @@ impl KubeCapability {
         };
         Ok(Self {
             target: target.into(),
+            cache: cache::Cache::new(target),
             client: kube::Client::try_from(config)?,
             namespaces: grant.namespaces.clone(),
             kinds: grant.kinds.clone(),
@@ -577,9 +590,22 @@ impl KubeCapability {
         )
     }
 
+    /// The records whose objects changed, for the reconciler to look at now.
+    pub fn wakeups(&self) -> std::sync::Arc<cache::Wakeups> {
+        self.cache.wakeups()
+    }
+
     pub async fn get(&self, r: &ObjectRef) -> Result<String, BackendError> {
         let name = path_segment("name", &r.name)?;
         let api = self.api(&r.api_version, &r.kind, &r.namespace).await?;
+        if let Some(ns) = self.authorize(&r.api_version, &r.kind, &r.namespace)? {
+            let key = format!("{}/{}", r.api_version, r.kind);
+            if let cache::Answer::Hit(doc) = self.cache.get(&key, &ns, name, || api.clone())
+                && doc.len() <= self.max_document
+            {
+                return Ok(doc.to_string());
+            }
+        }
         let req = Request::new(api.resource_url()).get(name, &GetParams::default());
         let mut body = self.send(req).await.map_err(map_error)?;
         let mut doc = Vec::new();
@@ -603,6 +629,18 @@ impl KubeCapability {
         continue_token: &str,
     ) -> Result<String, BackendError> {
         let api = self.api(api_version, kind, namespace).await?;
+        if continue_token.is_empty()
+            && let Some(ns) = self.authorize(api_version, kind, namespace)?
+        {
+            let key = format!("{api_version}/{kind}");
+            if let cache::Answer::Hit(doc) =
+                self.cache.list(&key, kind, &ns, selector, || api.clone())
+                && doc.len() <= self.max_document
+                && (limit == 0 || page_len(&doc) <= limit as usize)
+            {
+                return Ok(doc.to_string());
+            }
+        }
         let mut lp = ListParams::default();
         if !selector.is_empty() {
             lp = lp.labels(selector);
