@@ -50,9 +50,10 @@ CONTAINERFILE = REPO / "deploy" / "image" / "Containerfile"
 START_TIMEOUT = 60.0
 
 # What the bundled plugins do with each kind (values.yaml's rbac.kinds), as Role rules.
-JOB_VERBS = ["create", "delete", "get", "patch"]
+# list and watch: the gateway's watch cache (README "Configuration", kube_resync_ms).
+JOB_VERBS = ["create", "delete", "get", "list", "patch", "watch"]
 POD_RULES = [
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
 ]
 RESTRICTED_CONTAINER = {
@@ -270,7 +271,7 @@ def test_full_values_render_every_optional_object(tools: Tools) -> None:
         {
             "apiGroups": ["serving.kserve.io"],
             "resources": ["inferenceservices"],
-            "verbs": ["create", "delete", "get", "patch", "watch"],
+            "verbs": ["create", "delete", "get", "list", "patch", "watch"],
         },
         *POD_RULES,
     ]
@@ -952,7 +953,7 @@ def test_the_service_account_is_refused_what_the_values_did_not_grant(
         "create a batch Job": status("POST", "/apis/batch/v1/namespaces/team-a/jobs", job),
         "list secrets": status("GET", "/api/v1/namespaces/team-a/secrets"),
         "read a pod": status("GET", "/api/v1/namespaces/team-a/pods/any"),
-        "list pytorchjobs": status("GET", "/apis/kubeflow.org/v1/namespaces/team-a/pytorchjobs"),
+        "watch secrets": status("GET", "/api/v1/namespaces/team-a/secrets?watch=true"),
         "replace a pytorchjob": status(
             "PUT", "/apis/kubeflow.org/v1/namespaces/team-a/pytorchjobs/x", {"kind": "PyTorchJob"}
         ),
