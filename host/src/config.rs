@@ -245,6 +245,40 @@ pub struct TargetConfig {
     /// Where the data plane may send this target's predictions and readiness probes.
     #[serde(default)]
     pub routes: Routes,
+    /// Plugin calls per second this target may make, shared by the reconciler and client
+    /// calls. Unset: unlimited, except on a target granted `sagemaker`, whose API limits
+    /// are low (10 a second, bursts of 20).
+    pub budget: Option<BudgetConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    pub requests_per_second: f64,
+    /// Calls that may go at once after a quiet spell. Default: one second's worth.
+    #[serde(default)]
+    pub burst: u32,
+}
+
+impl TargetConfig {
+    /// The budget this target runs under, its default filled in.
+    pub fn budget(&self) -> Option<BudgetConfig> {
+        match &self.budget {
+            Some(b) => Some(BudgetConfig {
+                requests_per_second: b.requests_per_second,
+                burst: if b.burst == 0 {
+                    b.requests_per_second.ceil() as u32
+                } else {
+                    b.burst
+                },
+            }),
+            None if self.grants.sagemaker.is_some() => Some(BudgetConfig {
+                requests_per_second: 10.0,
+                burst: 20,
+            }),
+            None => None,
+        }
+    }
 }
 
 /// Capabilities the operator grants a target. Anything not granted answers `denied`; `log` is
@@ -711,6 +745,7 @@ impl Config {
                     log: LogGrant::default(),
                 },
                 routes: Routes::default(),
+                budget: None,
             },
         );
         Self {
@@ -748,6 +783,17 @@ impl Config {
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.targets.is_empty() {
             return Err(ConfigError::Invalid("no [targets] defined".into()));
+        }
+        for (name, t) in &self.targets {
+            if let Some(b) = &t.budget
+                && !(b.requests_per_second.is_finite() && b.requests_per_second >= 0.001)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "targets.{name}.budget.requests_per_second must be a positive number \
+                     (at least 0.001), not {}",
+                    b.requests_per_second
+                )));
+            }
         }
         if let Some(e) = &self.observability.otlp_endpoint
             && !(e.starts_with("http://") || e.starts_with("https://"))

@@ -215,7 +215,7 @@ async fn sweep(
         .into_iter()
         .filter(|e| resync_due(&e.id, steady_endpoint(e)))
         .collect();
-    if let Some(r) = resync.as_deref_mut() {
+    if let Some(r) = resync {
         for id in jobs
             .iter()
             .map(|j| &j.id)

@@ -5,6 +5,7 @@
 
 pub mod bindings;
 mod bounds;
+mod budget;
 mod cache;
 mod state;
 
@@ -109,9 +110,24 @@ pub struct Target {
     /// This target's share of plugin calls: a slow or hostile target waits on itself, never
     /// holding every instance slot the other targets need.
     calls: Semaphore,
+    /// Its calls per second, and its pause after the backend throttled it.
+    budget: Option<budget::Budget>,
 }
 
 impl Target {
+    /// Tells the budget how a call went: a throttling answer pauses the target's calls.
+    fn note_outcome(&self, error: Option<&PluginError>) {
+        let Some(b) = &self.budget else { return };
+        match error {
+            None => b.succeeded(),
+            Some(PluginError::Backend {
+                failure: BackendFailure::Unavailable(m),
+                ..
+            }) if budget::is_throttling(m) => b.throttled(),
+            Some(_) => {}
+        }
+    }
+
     pub fn supports(&self, f: Feature) -> bool {
         self.plugin.info.features.contains(&f)
     }
@@ -316,6 +332,7 @@ impl Runtime {
                         artifacts: Some(artifacts.clone()),
                     },
                     calls: Semaphore::new(config.limits.target_concurrent_calls as usize),
+                    budget: t.budget().as_ref().map(budget::Budget::new),
                 }),
             );
         }
@@ -356,6 +373,7 @@ impl Runtime {
             settings: "{}".into(),
             grants: vec![],
             calls: Semaphore::new(1),
+            budget: None,
         };
         let mut call = self.start(&probe, "", no_artifacts(), 0).await?;
         let res = tokio::time::timeout(
@@ -421,6 +439,13 @@ impl Runtime {
             .await
             .map_err(|_| exceeded())?
             .expect("a target's semaphore is never closed");
+        // Then its budget: a target over its rate (or paused after throttling) waits here,
+        // holding only its own permit.
+        if let Some(b) = &target.budget
+            && !b.admit(deadline.into()).await
+        {
+            return Err(exceeded());
+        }
         let slot = tokio::time::timeout_at(deadline.into(), self.permits.acquire())
             .await
             .map_err(|_| exceeded())?
@@ -576,6 +601,7 @@ macro_rules! call {
             c.finish_backend(res)
         }, span).await;
         crate::observability::metrics().plugin_call(&$t.name, operation, started.elapsed(), r.as_ref().err());
+        $t.note_outcome(r.as_ref().err());
         r
     }};
 }

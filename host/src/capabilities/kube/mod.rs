@@ -911,6 +911,7 @@ mod tests {
         let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
         let g = grant();
         KubeCapability {
+            cache: cache::Cache::new("t"),
             target: "t".into(),
             client: kube::Client::try_from(config).unwrap(),
             namespaces: g.namespaces,
