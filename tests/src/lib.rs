@@ -2,6 +2,7 @@
 //! on conditions with bounds (never on luck).
 
 pub mod aws;
+pub mod bench;
 pub mod cluster;
 pub mod model_server;
 pub mod moto;
