@@ -382,6 +382,11 @@ impl Gateway {
                 ..
             }) => {
                 self.store.update_endpoint(&ep.id, |e| {
+                    // Deleted meanwhile (the object went because of it): that is the news,
+                    // not a failure.
+                    if e.state == EndpointState::Deleted {
+                        return false;
+                    }
                     e.transition(
                         EndpointState::Failed,
                         format!("the backend no longer knows this endpoint: {m}"),

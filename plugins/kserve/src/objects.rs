@@ -108,30 +108,10 @@ pub fn is_label_value(v: &str) -> bool {
 }
 
 fn resources(spec: &EndpointSpec, s: &Settings) -> Value {
-    let r = &spec.resources;
-    let mut requests = Map::new();
-    let mut limits = Map::new();
-    for (k, v) in [("cpu", &r.cpu), ("memory", &r.memory)] {
-        if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
-            requests.insert(k.into(), json!(v));
-            limits.insert(k.into(), json!(v));
-        }
-    }
-    if r.gpus > 0 {
-        // Extended resources are limits only; Kubernetes sets the request to match.
-        limits.insert(s.gpu_resource.clone(), json!(r.gpus.to_string()));
-    }
-    let mut out = Map::new();
-    if !requests.is_empty() {
-        out.insert("requests".into(), Value::Object(requests));
-    }
-    if !limits.is_empty() {
-        out.insert("limits".into(), Value::Object(limits));
-    }
-    if out.is_empty() {
-        Value::Null
-    } else {
-        Value::Object(out)
+    // KServe takes no resources at all as "the runtime's defaults": null, not {}.
+    match mlgw_plugin_sdk::kube_objects::container_resources(&spec.resources, &s.gpu_resource) {
+        Value::Object(m) if m.is_empty() => Value::Null,
+        r => r,
     }
 }
 

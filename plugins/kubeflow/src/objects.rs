@@ -242,27 +242,7 @@ fn init_env(spec: &TrainingSpec, code_url: Option<&str>) -> Value {
 }
 
 fn resources(spec: &TrainingSpec, s: &Settings) -> Value {
-    let r = &spec.resources;
-    let mut requests = Map::new();
-    let mut limits = Map::new();
-    for (k, v) in [("cpu", &r.cpu), ("memory", &r.memory)] {
-        if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
-            requests.insert(k.into(), json!(v));
-            limits.insert(k.into(), json!(v));
-        }
-    }
-    if r.gpus > 0 {
-        // Extended resources are limits only; Kubernetes sets the request to match.
-        limits.insert(s.gpu_resource.clone(), json!(r.gpus.to_string()));
-    }
-    let mut out = Map::new();
-    if !requests.is_empty() {
-        out.insert("requests".into(), Value::Object(requests));
-    }
-    if !limits.is_empty() {
-        out.insert("limits".into(), Value::Object(limits));
-    }
-    Value::Object(out)
+    mlgw_plugin_sdk::kube_objects::container_resources(&spec.resources, &s.gpu_resource)
 }
 
 fn volume_mount() -> Value {

@@ -116,6 +116,7 @@ pub use bindings::mlgw::backend::types::{
 pub use bindings::mlgw::backend::{artifacts, http, kube, log, process, sagemaker};
 
 pub mod job_env;
+pub mod kube_objects;
 
 /// One backend: the gateway's view of an execution target.
 ///
