@@ -187,6 +187,72 @@ pub async fn drive_get(addr: SocketAddr, id: &str, clients: usize, secs: f64) ->
     Run::from_latencies(all, start.elapsed().as_secs_f64())
 }
 
+/// A gateway on the embedded defaults with its data in `data_dir`, its API served on
+/// loopback and its reconciler running (stopped with `Live::stop`).
+pub struct Live {
+    pub gw: std::sync::Arc<mlgw::gateway::Gateway>,
+    pub served: Served,
+    stop: tokio::sync::watch::Sender<bool>,
+    reconciler: tokio::task::JoinHandle<()>,
+}
+
+impl Live {
+    pub async fn start(data_dir: std::path::PathBuf) -> Self {
+        let mut cfg = mlgw::config::Config::embedded();
+        cfg.data_dir = data_dir;
+        let interval = Duration::from_millis(cfg.limits.reconcile_interval_ms);
+        let gw = mlgw::server::build(&cfg).await.unwrap();
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let reconciler = tokio::spawn(mlgw::reconciler::run(
+            gw.clone(),
+            interval,
+            interval,
+            stop_rx,
+        ));
+        let served = serve(mlgw::api::routes(gw.clone()).unwrap()).await;
+        Self {
+            gw,
+            served,
+            stop,
+            reconciler,
+        }
+    }
+
+    /// Stops the reconciler and gives back what is still served.
+    pub async fn stop(self) -> Served {
+        let _ = self.stop.send(true);
+        let _ = self.reconciler.await;
+        self.served
+    }
+}
+
+/// The GetJob pair: the real API on a fresh gateway holding `fixed_job()`, and a bare tonic
+/// handler answering exactly what the gateway answered. Returns the gateway, both servers and
+/// the job's id.
+pub async fn get_job_pair(
+    dir: &std::path::Path,
+) -> (
+    std::sync::Arc<mlgw::gateway::Gateway>,
+    Served,
+    Served,
+    String,
+) {
+    let mut cfg = mlgw::config::Config::embedded();
+    cfg.data_dir = dir.to_path_buf();
+    let gw = mlgw::server::build(&cfg).await.unwrap();
+    let job = fixed_job();
+    gw.store.insert_job(job.clone(), None).unwrap();
+    let gateway = serve(mlgw::api::routes(gw.clone()).unwrap()).await;
+    let fixed =
+        pb::training_service_client::TrainingServiceClient::new(channel(gateway.addr).await)
+            .get(pb::GetJobRequest { id: job.id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+    let bare = serve(bare_routes(fixed)).await;
+    (gw, gateway, bare, job.id)
+}
+
 /// A running job on the local target, as GetJob serves it.
 pub fn fixed_job() -> Job {
     Job {

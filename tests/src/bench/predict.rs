@@ -10,10 +10,9 @@ use mlgw::api::oip::{
     self, grpc_inference_service_client::GrpcInferenceServiceClient,
     model_infer_request::InferInputTensor,
 };
-use mlgw::config::Config;
 use mlgw::domain::{EndpointSpec, EndpointState};
 
-use super::{Run, Served, arg, channel, combine, serve};
+use super::{Run, arg, channel, combine};
 use crate::iris::{ROWS, TRAIN};
 
 const MODEL: &str = "bench";
@@ -55,11 +54,8 @@ pub enum Path {
 
 /// A gateway serving a deployed model, and that model server's own address.
 pub struct Deployed {
-    gw: std::sync::Arc<mlgw::gateway::Gateway>,
-    served: Served,
+    live: super::Live,
     endpoint_id: String,
-    stop: tokio::sync::watch::Sender<bool>,
-    reconciler: tokio::task::JoinHandle<()>,
     pub url: String,
     infer_url: String,
     _dir: tempfile::TempDir,
@@ -92,18 +88,8 @@ impl Deployed {
             String::from_utf8_lossy(&trained.stderr)
         );
 
-        let mut cfg = Config::embedded();
-        cfg.data_dir = dir.path().join("data");
-        let interval = Duration::from_millis(cfg.limits.reconcile_interval_ms);
-        let gw = mlgw::server::build(&cfg).await.unwrap();
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let reconciler = tokio::spawn(mlgw::reconciler::run(
-            gw.clone(),
-            interval,
-            interval,
-            stop_rx,
-        ));
-        let served = serve(mlgw::api::routes(gw.clone()).unwrap()).await;
+        let live = super::Live::start(dir.path().join("data")).await;
+        let gw = live.gw.clone();
         let ep = gw
             .deploy(
                 "local",
@@ -135,11 +121,8 @@ impl Deployed {
         };
         let infer_url = format!("{}/v2/models/{MODEL}/infer", url.trim_end_matches('/'));
         let d = Deployed {
-            gw,
+            live,
             endpoint_id: ep.id,
-            served,
-            stop,
-            reconciler,
             url,
             infer_url,
             _dir: dir,
@@ -152,7 +135,7 @@ impl Deployed {
     }
 
     async fn check_same_answer(&self) {
-        let via_gw = GrpcInferenceServiceClient::new(channel(self.served.addr).await)
+        let via_gw = GrpcInferenceServiceClient::new(channel(self.live.served.addr).await)
             .model_infer(grpc_request())
             .await
             .unwrap()
@@ -180,7 +163,7 @@ impl Deployed {
     /// `clients` concurrent clients, each on its own connection, for `secs`.
     pub async fn drive(&self, path: Path, clients: usize, secs: f64) -> Run {
         let deadline = Instant::now() + Duration::from_secs_f64(secs);
-        let addr = self.served.addr;
+        let addr = self.live.served.addr;
         let mut tasks = Vec::new();
         for _ in 0..clients {
             let infer_url = self.infer_url.clone();
@@ -230,10 +213,12 @@ impl Deployed {
 
     /// Undeploys (the model server process ends) and stops the gateway.
     pub async fn stop(self) {
-        self.gw.delete_endpoint(&self.endpoint_id).await.unwrap();
-        let _ = self.stop.send(true);
-        let _ = self.reconciler.await;
-        self.served.stop().await;
+        self.live
+            .gw
+            .delete_endpoint(&self.endpoint_id)
+            .await
+            .unwrap();
+        self.live.stop().await.stop().await;
     }
 }
 

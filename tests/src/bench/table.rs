@@ -13,7 +13,6 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -28,7 +27,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::predict::{Deployed, Path as PredictPath};
 use super::{
-    Run, arg, bare_routes, channel, combine, drive_get, fixed_job, mlgw_bin, percentile, serve,
+    Live, Run, arg, channel, combine, drive_get, fixed_job, get_job_pair, mlgw_bin, percentile,
+    serve,
 };
 
 struct Opts {
@@ -184,24 +184,13 @@ impl XorShift {
 async fn get_job(o: &Opts) -> Vec<Row> {
     progress("1: GetJob vs a bare tonic handler");
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::embedded();
-    cfg.data_dir = dir.path().to_path_buf();
-    let gw = mlgw::server::build(&cfg).await.unwrap();
-    let job = fixed_job();
-    gw.store.insert_job(job.clone(), None).unwrap();
-    let gateway = serve(mlgw::api::routes(gw.clone()).unwrap()).await;
-    let fixed = TrainingServiceClient::new(channel(gateway.addr).await)
-        .get(pb::GetJobRequest { id: job.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
-    let bare = serve(bare_routes(fixed)).await;
+    let (_gw, gateway, bare, job_id) = get_job_pair(dir.path()).await;
     let mut rows = Vec::new();
     for clients in [1, 64] {
         let (mut b, mut g) = (Vec::new(), Vec::new());
         for _ in 0..o.rounds {
-            b.push(drive_get(bare.addr, &job.id, clients, o.secs).await);
-            g.push(drive_get(gateway.addr, &job.id, clients, o.secs).await);
+            b.push(drive_get(bare.addr, &job_id, clients, o.secs).await);
+            g.push(drive_get(gateway.addr, &job_id, clients, o.secs).await);
         }
         let (b, g) = (combine(&b), combine(&g));
         let ratio = g.rate() / b.rate();
@@ -933,18 +922,9 @@ async fn stream_logs(addr: SocketAddr, id: &str) -> (u64, u64, Duration) {
 async fn logs(o: &Opts) -> Vec<Row> {
     progress("7: Logs stream of a local job's ~100 MB vs reading its log file, alternating");
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::embedded();
-    cfg.data_dir = dir.path().join("data");
-    let interval = Duration::from_millis(cfg.limits.reconcile_interval_ms);
-    let gw = mlgw::server::build(&cfg).await.unwrap();
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let reconciler = tokio::spawn(mlgw::reconciler::run(
-        gw.clone(),
-        interval,
-        interval,
-        stop_rx,
-    ));
-    let served = serve(mlgw::api::routes(gw.clone()).unwrap()).await;
+    let data_dir = dir.path().join("data");
+    let live = Live::start(data_dir.clone()).await;
+    let gw = live.gw.clone();
     let job = gw
         .submit_job(
             "local",
@@ -964,12 +944,12 @@ async fn logs(o: &Opts) -> Vec<Row> {
     })
     .await;
     assert_eq!(done.state, JobState::Succeeded, "{}", done.message);
-    let file = find_file(&cfg.data_dir.join("targets").join("local"), "logs.txt")
+    let file = find_file(&data_dir.join("targets").join("local"), "logs.txt")
         .expect("the local target's log file");
     let (mut file_runs, mut grpc_runs) = (Vec::new(), Vec::new());
     for _ in 0..o.rounds {
         file_runs.push(read_file_lines(&file).await);
-        grpc_runs.push(stream_logs(served.addr, &job.id).await);
+        grpc_runs.push(stream_logs(live.served.addr, &job.id).await);
     }
     let (lines, bytes) = (file_runs[0].0, file_runs[0].1);
     assert!(
@@ -985,10 +965,7 @@ async fn logs(o: &Opts) -> Vec<Row> {
             / v.iter().map(|(_, _, d)| d.as_secs_f64()).sum::<f64>()
     };
     let (g, f) = (mbps(&grpc_runs), mbps(&file_runs));
-    let _ = stop.send(true);
-    let _ = reconciler.await;
-    served.stop().await;
-    let _ = Arc::strong_count(&gw);
+    live.stop().await.stop().await;
     vec![Row {
         row: format!(
             "Logs stream (Logs RPC, no follow) of a local job's {:.0} MB log ({} lines)",

@@ -19,10 +19,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use mlgw::api::pb::{self, training_service_client::TrainingServiceClient};
-use mlgw::config::Config;
 use mlgw::domain::{JobState, TrainingSpec};
-use mlgw_tests::bench::{arg, bare_routes, channel, drive_get, fixed_job, serve, supervisor};
+use mlgw_tests::bench::{arg, drive_get, get_job_pair, supervisor};
 
 /// Runs `op` sequentially, 200 times to warm up and then `n` times timed, and prints p50/p99.
 async fn sample<F: std::future::Future<Output = ()>>(what: &str, n: usize, op: impl Fn() -> F) {
@@ -59,18 +57,7 @@ async fn main() {
     let rounds: usize = arg("--rounds", "3").parse().unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::embedded();
-    cfg.data_dir = dir.path().to_path_buf();
-    let gw = mlgw::server::build(&cfg).await.unwrap();
-    let job = fixed_job();
-    gw.store.insert_job(job.clone(), None).unwrap();
-    let gateway = serve(mlgw::api::routes(gw.clone()).unwrap()).await;
-    let fixed = TrainingServiceClient::new(channel(gateway.addr).await)
-        .get(pb::GetJobRequest { id: job.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
-    let bare = serve(bare_routes(fixed)).await;
+    let (gw, gateway, bare, job_id) = get_job_pair(dir.path()).await;
 
     println!("GetJob, {secs}s per round, {rounds} rounds alternating bare/gateway");
     println!(
@@ -84,7 +71,7 @@ async fn main() {
                 ("bare", bare.addr, &mut bare_rps),
                 ("gateway", gateway.addr, &mut gw_rps),
             ] {
-                let r = drive_get(addr, &job.id, c, secs).await;
+                let r = drive_get(addr, &job_id, c, secs).await;
                 let rps = r.rate();
                 acc.push(rps);
                 println!(
