@@ -132,20 +132,6 @@ mod tests {
     }
 
     #[test]
-    fn env_names() {
-        assert!(is_valid_env_name("PATH"));
-        assert!(is_valid_env_name("_x1"));
-        assert!(!is_valid_env_name(""));
-        assert!(!is_valid_env_name("1X"));
-        assert!(!is_valid_env_name("A-B"));
-        assert!(!is_valid_env_name("A=B"));
-        assert!(!is_valid_env_name("É"));
-        assert_eq!(env_suffix("learning-rate"), "LEARNING_RATE");
-        assert_eq!(env_suffix("val.set"), "VAL_SET");
-        assert_eq!(env_suffix("Été"), "_T_");
-    }
-
-    #[test]
     fn builds_mlgw_and_sagemaker_variables() {
         let env = training_env(
             &spec(),
