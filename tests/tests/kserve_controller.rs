@@ -172,7 +172,7 @@ async fn an_inference_service_becomes_a_deployment_a_service_and_a_status() {
     }
 
     let ready = wait_for(
-        Duration::from_secs(120),
+        Duration::from_secs(300),
         "the InferenceService to be Ready",
         || async {
             let obj = serde_json::to_value(isvcs.get(&name).await.unwrap()).unwrap();
