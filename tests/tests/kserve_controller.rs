@@ -171,15 +171,53 @@ async fn an_inference_service_becomes_a_deployment_a_service_and_a_status() {
         );
     }
 
-    let ready = wait_for(
+    // What KServe last said, so a timeout shows which condition held it back.
+    let last = std::sync::Mutex::new(serde_json::Value::Null);
+    let ready = tokio::time::timeout(
         Duration::from_secs(300),
-        "the InferenceService to be Ready",
-        || async {
-            let obj = serde_json::to_value(isvcs.get(&name).await.unwrap()).unwrap();
-            (condition(&obj, "Ready")?["status"] == "True").then_some(obj)
-        },
+        wait_for(
+            Duration::from_secs(3600),
+            "the InferenceService to be Ready",
+            || async {
+                let obj = serde_json::to_value(isvcs.get(&name).await.unwrap()).unwrap();
+                *last.lock().unwrap() = obj["status"].clone();
+                (condition(&obj, "Ready")?["status"] == "True").then_some(obj)
+            },
+        ),
     )
-    .await;
+    .await
+    .ok();
+    let Some(ready) = ready else {
+        let status = last.lock().unwrap().clone();
+        let deployment = deployments.get_opt(&predictor).await.unwrap();
+        let pods = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .unwrap();
+        let phases: Vec<_> = pods
+            .items
+            .iter()
+            .map(|p| {
+                let s = p.status.clone().unwrap_or_default();
+                (
+                    p.metadata.name.clone(),
+                    p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                    s.phase,
+                    s.conditions,
+                )
+            })
+            .collect();
+        let log = c.admin.parent().unwrap().join("logs/kserve-controller.log");
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<_> = log.lines().rev().take(40).collect();
+        panic!(
+            "the InferenceService was not Ready after 300 s; its status: {status:#}\n\
+             the predictor Deployment's status: {:#?}\npods: {phases:#?}\n\
+             the last lines of KServe's controller log:\n{}",
+            deployment.and_then(|d| d.status),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    };
     eprintln!(
         "InferenceService status: {}",
         serde_json::to_string_pretty(&ready["status"]).unwrap()
