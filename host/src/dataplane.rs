@@ -911,6 +911,7 @@ impl DataPlane {
             crate::contract::types::BackendError::InvalidSpec(f) => f.reason,
             crate::contract::types::BackendError::NotFound(m)
             | crate::contract::types::BackendError::Unavailable(m)
+            | crate::contract::types::BackendError::Throttled(m)
             | crate::contract::types::BackendError::Conflict(m)
             | crate::contract::types::BackendError::Unsupported(m)
             | crate::contract::types::BackendError::Internal(m) => m,

@@ -87,6 +87,8 @@ fn main() {
         println!("cargo::rerun-if-changed=../../{input}");
     }
 
+    println!("cargo::rerun-if-env-changed={NESTED_DIR_VAR}");
+
     if let Err(message) = build(&workspace, &out_dir) {
         // cargo::error shows the message as is, without a panic's backtrace noise; the
         // non-zero exit makes cargo print the nested build's output too.
@@ -100,7 +102,10 @@ fn main() {
 fn build(workspace: &Path, out_dir: &Path) -> Result<(), String> {
     check_target_installed()?;
 
-    let target_dir = nested_target_dir(out_dir);
+    let target_dir = match env::var_os(NESTED_DIR_VAR) {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => nested_target_dir(out_dir, workspace),
+    };
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
@@ -146,14 +151,32 @@ fn build(workspace: &Path, out_dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// `<target>/wasm-plugins`, beside the outer build's profile directories so it is cleaned
-/// with them but never shares their locks. OUT_DIR is `<target>/<profile>/build/<pkg>-<hash>/out`
-/// (with `<target>/<triple>/…` when cross-compiling, which works just as well).
-fn nested_target_dir(out_dir: &Path) -> PathBuf {
+/// Overrides where the nested build goes (see `nested_target_dir`).
+const NESTED_DIR_VAR: &str = "MLGW_PLUGIN_TARGET_DIR";
+
+/// `<target>/wasm-plugins/<checkout>`, beside the outer build's profile directories so it is
+/// cleaned with them but never shares their locks. OUT_DIR is
+/// `<target>/<profile>/build/<pkg>-<hash>/out` (with `<target>/<triple>/…` when
+/// cross-compiling, which works just as well).
+///
+/// One directory per checkout: cargo names a cdylib's output without a hash, so two checkouts
+/// sharing a target directory (worktrees, say) would overwrite each other's components, and
+/// each would then find the other's newer file fresh and embed it. A build that is the only
+/// one using its target directory (CI) may set MLGW_PLUGIN_TARGET_DIR to keep one nested
+/// directory warm across checkouts at changing paths.
+fn nested_target_dir(out_dir: &Path, workspace: &Path) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    workspace.hash(&mut h);
+    let name = workspace
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let checkout = format!("{name}-{:016x}", h.finish());
     let build = out_dir.ancestors().nth(2);
     match (build, out_dir.ancestors().nth(4)) {
         (Some(build), Some(target)) if build.file_name().is_some_and(|n| n == "build") => {
-            target.join("wasm-plugins")
+            target.join("wasm-plugins").join(checkout)
         }
         // An unfamiliar layout: still correct, only rebuilt more often.
         _ => out_dir.join("wasm-plugins"),

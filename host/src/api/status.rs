@@ -132,6 +132,8 @@ fn map(e: GatewayError) -> Status {
                 BackendFailure::NotFound(_) => Status::not_found(msg),
                 BackendFailure::Denied { .. } => Status::permission_denied(msg),
                 BackendFailure::Unavailable(_) => Status::unavailable(msg),
+                // gRPC's code for "rate limited": the caller should slow down and retry.
+                BackendFailure::Throttled(_) => Status::resource_exhausted(msg),
                 BackendFailure::Conflict(_) => Status::aborted(msg),
                 BackendFailure::Unsupported(_) => Status::unimplemented(msg),
                 BackendFailure::Internal(_) => Status::internal(msg),
@@ -142,6 +144,7 @@ fn map(e: GatewayError) -> Status {
             | PluginError::Oversized { .. }
             | PluginError::Contract { .. } => Status::internal(msg),
             PluginError::Deadline { .. } => Status::deadline_exceeded(msg),
+            PluginError::OverBudget { .. } => Status::resource_exhausted(msg),
             PluginError::MemoryExhausted { .. } => Status::resource_exhausted(msg),
             PluginError::Unsupported { .. } => Status::unimplemented(msg),
         },

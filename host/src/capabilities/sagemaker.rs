@@ -306,11 +306,12 @@ fn classify(op: &str, status: u16, code: &str, message: &str) -> BackendError {
         | "Throttling"
         | "ThrottledException"
         | "TooManyRequestsException"
-        | "RequestLimitExceeded"
-        | "ServiceUnavailable"
-        | "ServiceUnavailableException"
-        | "InternalFailure" => BackendError::Unavailable(text()),
-        _ if status == 429 || status >= 500 => BackendError::Unavailable(text()),
+        | "RequestLimitExceeded" => BackendError::Throttled(text()),
+        "ServiceUnavailable" | "ServiceUnavailableException" | "InternalFailure" => {
+            BackendError::Unavailable(text())
+        }
+        _ if status == 429 => BackendError::Throttled(text()),
+        _ if status >= 500 => BackendError::Unavailable(text()),
         _ if status == 403 => denied(text()),
         _ => BackendError::Internal(format!("{} (HTTP {status})", text())),
     }
@@ -339,6 +340,7 @@ fn describe(e: &BackendError) -> String {
         BackendError::Denied(d) => d.reason.clone(),
         BackendError::NotFound(m)
         | BackendError::Unavailable(m)
+        | BackendError::Throttled(m)
         | BackendError::Conflict(m)
         | BackendError::Unsupported(m)
         | BackendError::Internal(m) => m.clone(),
@@ -1696,7 +1698,7 @@ mod tests {
             (
                 400,
                 r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#,
-                |e| matches!(e, BackendError::Unavailable(m) if m.contains("Rate exceeded")),
+                |e| matches!(e, BackendError::Throttled(m) if m.contains("Rate exceeded")),
             ),
             (
                 400,

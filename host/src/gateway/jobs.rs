@@ -88,9 +88,9 @@ pub(super) fn is_transient(e: &PluginError) -> bool {
     matches!(
         e,
         PluginError::Backend {
-            failure: BackendFailure::Unavailable(_),
+            failure: BackendFailure::Unavailable(_) | BackendFailure::Throttled(_),
             ..
-        }
+        } | PluginError::OverBudget { .. }
     )
 }
 

@@ -208,6 +208,7 @@ pub fn failure_from_wit(e: wit::BackendError, b: Bounds) -> BackendFailure {
             reason: t(d.reason),
         },
         wit::BackendError::Unavailable(m) => BackendFailure::Unavailable(t(m)),
+        wit::BackendError::Throttled(m) => BackendFailure::Throttled(t(m)),
         wit::BackendError::Conflict(m) => BackendFailure::Conflict(t(m)),
         wit::BackendError::Unsupported(m) => BackendFailure::Unsupported(t(m)),
         wit::BackendError::Internal(m) => BackendFailure::Internal(t(m)),

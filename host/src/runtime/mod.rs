@@ -45,6 +45,12 @@ pub enum PluginError {
     Trap { target: String, message: String },
     #[error("target {target}: plugin call exceeded its {limit_ms} ms deadline")]
     Deadline { target: String, limit_ms: u64 },
+    /// The target's request budget had no room for the call before its deadline (it is over
+    /// its rate, or paused after its backend throttled): nothing reached the backend.
+    #[error(
+        "target {target}: its request budget admitted no call within {limit_ms} ms (it is over its rate or paused after its backend throttled); try again later"
+    )]
+    OverBudget { target: String, limit_ms: u64 },
     #[error("target {target}: plugin exceeded its memory cap of {limit_mib} MiB")]
     MemoryExhausted { target: String, limit_mib: u64 },
     #[error("target {target}: {feature} is not supported by plugin {plugin}")]
@@ -81,6 +87,8 @@ pub enum BackendFailure {
     Denied { capability: String, reason: String },
     #[error("unavailable: {0}")]
     Unavailable(String),
+    #[error("throttled: {0}")]
+    Throttled(String),
     #[error("conflict: {0}")]
     Conflict(String),
     #[error("unsupported: {0}")]
@@ -119,12 +127,14 @@ impl Target {
     fn note_outcome(&self, error: Option<&PluginError>) {
         let Some(b) = &self.budget else { return };
         match error {
-            None => b.succeeded(),
             Some(PluginError::Backend {
-                failure: BackendFailure::Unavailable(m),
+                failure: BackendFailure::Throttled(_),
                 ..
-            }) if budget::is_throttling(m) => b.throttled(),
-            Some(_) => {}
+            }) => b.throttled(),
+            None | Some(PluginError::Backend { .. }) => b.answered(),
+            // Refused before it went out: the budget knows already.
+            Some(PluginError::OverBudget { .. }) => {}
+            Some(_) => b.unanswered(),
         }
     }
 
@@ -375,7 +385,7 @@ impl Runtime {
             calls: Semaphore::new(1),
             budget: None,
         };
-        let mut call = self.start(&probe, "", no_artifacts(), 0).await?;
+        let mut call = self.start(&probe, "", no_artifacts(), 0, false).await?;
         let res = tokio::time::timeout(
             call.remaining(),
             call.backend
@@ -427,6 +437,7 @@ impl Runtime {
         resource_id: &str,
         scope: Arc<[String]>,
         revision: u32,
+        budgeted: bool,
     ) -> Result<Call<'r>, PluginError> {
         let deadline = Instant::now() + Duration::from_millis(self.limits.call_timeout_ms);
         let exceeded = || PluginError::Deadline {
@@ -441,10 +452,13 @@ impl Runtime {
             .expect("a target's semaphore is never closed");
         // Then its budget: a target over its rate (or paused after throttling) waits here,
         // holding only its own permit.
-        if let Some(b) = &target.budget
+        if let Some(b) = target.budget.as_ref().filter(|_| budgeted)
             && !b.admit(deadline.into()).await
         {
-            return Err(exceeded());
+            return Err(PluginError::OverBudget {
+                target: target.name.clone(),
+                limit_ms: self.limits.call_timeout_ms,
+            });
         }
         let slot = tokio::time::timeout_at(deadline.into(), self.permits.acquire())
             .await
@@ -594,14 +608,19 @@ macro_rules! call {
         let operation = stringify!($method).trim_start_matches("call_");
         let span = tracing::info_span!("plugin.call", mlgw.target = %$t.name, operation, resource = %$id);
         let started = Instant::now();
+        // Validation is pure by contract: it asks no backend, so it neither spends the budget
+        // nor may pass for the backend's answer after a throttling pause.
+        let budgeted = !operation.starts_with("validate_");
         let r = tracing::Instrument::instrument(async {
-            let mut c = $rt.start($t, $id, $scope, $rev).await?;
+            let mut c = $rt.start($t, $id, $scope, $rev, budgeted).await?;
             let f = c.backend.$iface();
             let res = tokio::time::timeout(c.remaining(), f.$method(&mut c.store, &c.ctx, $($arg),*)).await;
             c.finish_backend(res)
         }, span).await;
         crate::observability::metrics().plugin_call(&$t.name, operation, started.elapsed(), r.as_ref().err());
-        $t.note_outcome(r.as_ref().err());
+        if budgeted {
+            $t.note_outcome(r.as_ref().err());
+        }
         r
     }};
 }
@@ -639,7 +658,7 @@ impl Runtime {
     /// Admits, builds a Store and instantiates the target's plugin, then drops it: the fixed
     /// cost of every call, and a health check that the plugin can still be instantiated.
     pub async fn check(&self, t: &Target) -> Result<(), PluginError> {
-        self.start(t, "", no_artifacts(), 0).await.map(drop)
+        self.start(t, "", no_artifacts(), 0, false).await.map(drop)
     }
 
     pub async fn validate_training(

@@ -329,6 +329,14 @@ pub fn internal(message: impl Into<String>) -> BackendError {
     BackendError::Internal(message.into())
 }
 
+/// A `throttled` error: the backend system is rate-limiting us. The host retries the work
+/// later and pauses this target's calls meanwhile; the capabilities already answer this for
+/// AWS's and Kubernetes' throttling, so a plugin needs it only for systems it reaches itself
+/// (a 429 through the `http` capability, say).
+pub fn throttled(message: impl Into<String>) -> BackendError {
+    BackendError::Throttled(message.into())
+}
+
 /// An `unsupported` error: the backend cannot do this, whatever the spec.
 pub fn unsupported(what: impl Into<String>) -> BackendError {
     BackendError::Unsupported(what.into())

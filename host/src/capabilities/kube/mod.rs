@@ -95,7 +95,8 @@ pub fn map_error(e: kube::Error) -> BackendError {
                 500 if msg.starts_with("failed to create typed patch object") => {
                     invalid(&field_in_message(&msg).unwrap_or_default(), msg)
                 }
-                429 | 500..=599 => BackendError::Unavailable(msg),
+                429 => BackendError::Throttled(msg),
+                500..=599 => BackendError::Unavailable(msg),
                 _ => BackendError::Internal(format!("{} {}: {msg}", s.code, s.reason)),
             }
         }
@@ -1104,6 +1105,11 @@ mod tests {
     fn an_error_answer_that_is_no_status_keeps_its_http_code() {
         match map_error(api_error(503, b"upstream connect error\n")) {
             BackendError::Unavailable(m) => assert_eq!(m, "upstream connect error"),
+            other => panic!("{other:?}"),
+        }
+        let busy = br#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"Too many requests, please try again later.","reason":"TooManyRequests","code":429}"#;
+        match map_error(api_error(429, busy)) {
+            BackendError::Throttled(m) => assert!(m.contains("Too many requests"), "{m}"),
             other => panic!("{other:?}"),
         }
         match map_error(api_error(404, br#"{"error": "no route"}"#)) {
