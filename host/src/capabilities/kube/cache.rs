@@ -9,8 +9,10 @@
 //! an object wakes the record that owns it (`mlgw.dev/job-id` or `mlgw.dev/endpoint-id`), so
 //! the reconciler acts on changes instead of polling for them.
 //!
-//! A watch the grant's RBAC does not allow (403) switches the cache off for that kind and
-//! namespace: direct calls, as without a cache.
+//! While the watch is refused (403: the grant's RBAC does not allow it, or an API server that
+//! has just started and not yet loaded its RBAC refuses everyone) that kind and namespace is
+//! read directly, as without a cache, and the watch is asked again at the watcher's backoff
+//! (at most every 30 s): a refusal of a moment must not turn the cache off for good.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,6 +85,7 @@ struct Entry {
     /// name → the object as the API server sent it, serialised once per change.
     objects: RwLock<BTreeMap<String, Cached>>,
     synced: AtomicBool,
+    /// No watch runs (no async runtime to run it on).
     disabled: AtomicBool,
 }
 
@@ -257,6 +260,7 @@ async fn run(
     let config = watcher::Config::default().labels(&selector);
     let mut events = watcher::watcher(api, config).default_backoff().boxed();
     let mut relist: BTreeMap<String, Cached> = BTreeMap::new();
+    let mut refused = false;
     while let Some(ev) = events.next().await {
         match ev {
             Ok(Event::Init) => relist.clear(),
@@ -278,7 +282,11 @@ async fn run(
                 *objects = fresh;
                 drop(objects);
                 entry.synced.store(true, Ordering::Release);
-                tracing::debug!(cache = %what, "synced");
+                if std::mem::take(&mut refused) {
+                    tracing::info!(cache = %what, "watch allowed again, synced");
+                } else {
+                    tracing::debug!(cache = %what, "synced");
+                }
             }
             Ok(Event::Apply(o)) => {
                 if let Some((name, c)) = cached(&o) {
@@ -310,9 +318,13 @@ async fn run(
                 // lag: answer from the API server meanwhile.
                 entry.synced.store(false, Ordering::Release);
                 if forbidden(&e) {
-                    tracing::warn!(cache = %what, "watch not allowed, reading directly: {e}");
-                    entry.disabled.store(true, Ordering::Relaxed);
-                    return;
+                    if !std::mem::replace(&mut refused, true) {
+                        tracing::warn!(
+                            cache = %what,
+                            "watch not allowed, reading directly and asking again: {e}"
+                        );
+                    }
+                    continue;
                 }
                 tracing::debug!(cache = %what, "watch interrupted: {e}");
             }
