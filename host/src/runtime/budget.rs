@@ -55,7 +55,9 @@ impl Budget {
     /// Waits for this call's share of the budget; false when that would pass `deadline`.
     /// After a pause, one call goes first and the rest wait for its answer: a target that is
     /// still throttling then costs its backend one request per pause, not one per caller.
-    pub async fn admit(&self, deadline: Instant) -> bool {
+    /// `answer_by` is when the call, once admitted, reports at the latest (its own deadline):
+    /// as the probe, the others wait no longer than that for it.
+    pub async fn admit(&self, deadline: Instant, answer_by: Instant) -> bool {
         loop {
             let answered = self.answered.notified();
             tokio::pin!(answered);
@@ -71,7 +73,7 @@ impl Budget {
                         Wait::Probe(probe)
                     }
                     (Some(_), _) => {
-                        p.probe = Some(deadline);
+                        p.probe = Some(answer_by);
                         break;
                     }
                 }
@@ -141,12 +143,13 @@ mod tests {
             burst: 10,
         });
         let far = Instant::now() + Duration::from_secs(60);
-        assert!(b.admit(far).await);
+        assert!(b.admit(far, far).await);
         b.throttled();
         // Within the pause, a call whose deadline comes first is refused at once.
-        assert!(!b.admit(Instant::now() + Duration::from_millis(100)).await);
+        let soon = Instant::now() + Duration::from_millis(100);
+        assert!(!b.admit(soon, soon).await);
         let before = Instant::now();
-        assert!(b.admit(far).await);
+        assert!(b.admit(far, far).await);
         assert!(Instant::now() - before >= FIRST_PAUSE);
         b.answered();
         b.throttled();
@@ -178,7 +181,7 @@ mod tests {
         for _ in 0..5 {
             let (b, admitted) = (b.clone(), admitted.clone());
             waiting.spawn(async move {
-                assert!(b.admit(far).await);
+                assert!(b.admit(far, far).await);
                 admitted.fetch_add(1, SeqCst);
             });
         }
@@ -208,18 +211,22 @@ mod tests {
     async fn a_probe_throttled_again_pauses_longer_and_one_that_never_answers_hands_over() {
         let b = after_a_pause();
         let far = Instant::now() + Duration::from_secs(60);
-        assert!(b.admit(far).await, "the first call after the pause asks");
+        assert!(
+            b.admit(far, far).await,
+            "the first call after the pause asks"
+        );
         b.throttled();
         assert_eq!(b.pause.lock().unwrap().next, 2 * FIRST_PAUSE);
         // Within the new pause, a call whose deadline comes first is refused at once.
-        assert!(!b.admit(Instant::now() + Duration::from_millis(100)).await);
+        let soon = Instant::now() + Duration::from_millis(100);
+        assert!(!b.admit(soon, soon).await);
 
         // A probe that never reports: the next call goes once the probe's deadline passed.
         let b = after_a_pause();
         let short = Instant::now() + Duration::from_millis(300);
-        assert!(b.admit(short).await);
+        assert!(b.admit(short, short).await);
         let before = Instant::now();
-        assert!(b.admit(far).await);
+        assert!(b.admit(far, far).await);
         assert!(
             Instant::now() >= short,
             "went {:?} before the probe's deadline",

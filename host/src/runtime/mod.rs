@@ -444,22 +444,26 @@ impl Runtime {
             target: target.name.clone(),
             limit_ms: self.limits.call_timeout_ms,
         };
-        // The target's own permit first: while its share is used up, its calls queue without
-        // taking an instance slot from anyone else.
-        let own = tokio::time::timeout_at(deadline.into(), target.calls.acquire())
-            .await
-            .map_err(|_| exceeded())?
-            .expect("a target's semaphore is never closed");
-        // Then its budget: a target over its rate (or paused after throttling) waits here,
-        // holding only its own permit.
+        // The budget first: a target over its rate (or paused after throttling) waits here
+        // holding nothing, so the calls waiting out a pause do not fill the target's permits
+        // and turn the next caller's wait into a deadline instead of an over-budget answer.
+        // It waits at most half its time there: a call let go with its deadline all but spent
+        // would only run out of it at the backend, an answer that says less than this one.
+        let admit_by = Instant::now() + Duration::from_millis(self.limits.call_timeout_ms / 2);
         if let Some(b) = target.budget.as_ref().filter(|_| budgeted)
-            && !b.admit(deadline.into()).await
+            && !b.admit(admit_by.into(), deadline.into()).await
         {
             return Err(PluginError::OverBudget {
                 target: target.name.clone(),
                 limit_ms: self.limits.call_timeout_ms,
             });
         }
+        // Then the target's own permit: while its share is used up, its calls queue without
+        // taking an instance slot from anyone else.
+        let own = tokio::time::timeout_at(deadline.into(), target.calls.acquire())
+            .await
+            .map_err(|_| exceeded())?
+            .expect("a target's semaphore is never closed");
         let slot = tokio::time::timeout_at(deadline.into(), self.permits.acquire())
             .await
             .map_err(|_| exceeded())?
