@@ -4,6 +4,7 @@
 //! twice.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -132,13 +133,18 @@ async fn kill_9_during_concurrent_submits_loses_no_acknowledged_job_and_starts_n
     let mut gw = Gateway::start(BIN, &dir.path().join("data"), Some(LOCAL)).await;
     let c = gw.training().await;
     let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
+    let refused = Arc::new(std::sync::Mutex::new(Vec::new()));
     let cmd = format!("basename \"$PWD\" >> {}", starts.display());
     let mut submits = tokio::task::JoinSet::new();
     for _ in 0..JOBS {
         let (mut c, acked, cmd) = (c.clone(), acked_tx.clone(), cmd.clone());
+        let refused = refused.clone();
         submits.spawn(async move {
-            if let Ok(j) = submit(&mut c, "local", spec(&["sh", "-c", &cmd])).await {
-                let _ = acked.send(j.id);
+            match submit(&mut c, "local", spec(&["sh", "-c", &cmd])).await {
+                Ok(j) => {
+                    let _ = acked.send(j.id);
+                }
+                Err(e) => refused.lock().unwrap().push(e),
             }
         });
     }
@@ -146,7 +152,20 @@ async fn kill_9_during_concurrent_submits_loses_no_acknowledged_job_and_starts_n
     // Kill it mid-flight: once a third of the Submits are acknowledged.
     let mut acked = Vec::new();
     while acked.len() < JOBS / 3 {
-        acked.push(acked_rx.recv().await.expect("submits stopped early"));
+        let Some(id) = acked_rx.recv().await else {
+            let refused = refused.lock().unwrap();
+            let log = gw.log();
+            let lines: Vec<&str> = log.lines().collect();
+            panic!(
+                "the Submits stopped early: {} acknowledged, {} refused before the kill, the \
+                 first: {:?}\nthe gateway log's last lines:\n{}",
+                acked.len(),
+                refused.len(),
+                refused.first(),
+                lines[lines.len().saturating_sub(60)..].join("\n")
+            );
+        };
+        acked.push(id);
     }
     gw.crash().await;
     while submits.join_next().await.is_some() {}

@@ -2,6 +2,7 @@
 //! server that can be stopped, GetJob and predict drivers, and the one-table benchmark
 //! (`table`). Everything here measures; nothing asserts on time.
 
+pub mod kwok;
 pub mod predict;
 pub mod table;
 

@@ -7,7 +7,8 @@
 //! `--records` records vs 1k; 4 restart with those records until the first GetJob answers;
 //! 5 ready with the four bundled plugins, precompiled and first compile; 6 Predict through the
 //! gateway vs straight to MLServer; 7 Logs stream vs reading the log file; 8 idle RSS;
-//! 9 the KWOK rows (not measured here).
+//! 9 the KWOK rows: `--kwok-jobs` live jobs on the test cluster's KWOK nodes, the gateway's
+//! API requests in steady state and status change → Watch event (see `super::kwok`).
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -38,24 +39,24 @@ struct Opts {
     rounds: usize,
 }
 
-enum Met {
+pub(super) enum Met {
     Yes,
     No,
     /// Not judged: no goal, or not measured, and why.
     NotJudged,
 }
 
-struct Row {
-    row: String,
-    measured: String,
-    baseline: String,
-    value: String,
-    goal: String,
-    met: Met,
+pub(super) struct Row {
+    pub(super) row: String,
+    pub(super) measured: String,
+    pub(super) baseline: String,
+    pub(super) value: String,
+    pub(super) goal: String,
+    pub(super) met: Met,
 }
 
 impl Row {
-    fn judged(ok: bool) -> Met {
+    pub(super) fn judged(ok: bool) -> Met {
         if ok { Met::Yes } else { Met::No }
     }
 }
@@ -100,7 +101,7 @@ pub async fn run() {
         rows.extend(idle_rss().await);
     }
     if o.rows.contains(&9) {
-        rows.extend(kwok());
+        rows.extend(super::kwok::rows(&super::kwok::Opts::from_args()).await);
     }
     eprintln!("done in {:.0} s", started.elapsed().as_secs_f64());
     print(&rows);
@@ -123,12 +124,12 @@ fn print(rows: &[Row]) {
     }
 }
 
-fn progress(what: &str) {
+pub(super) fn progress(what: &str) {
     eprintln!("[table] {what}");
 }
 
 /// 12345.6 → "12,346".
-fn count(v: f64) -> String {
+pub(super) fn count(v: f64) -> String {
     let s = format!("{:.0}", v);
     let (sign, digits) = s.split_at(if s.starts_with('-') { 1 } else { 0 });
     let mut out = String::new();
@@ -141,7 +142,7 @@ fn count(v: f64) -> String {
     format!("{sign}{out}")
 }
 
-fn dur(d: Duration) -> String {
+pub(super) fn dur(d: Duration) -> String {
     if d < Duration::from_millis(10) {
         format!("{} µs", d.as_micros())
     } else if d < Duration::from_secs(10) {
@@ -599,9 +600,9 @@ fn disk_usage(dir: &Path) -> String {
 }
 
 /// `mlgw serve` started as a real process; killed on drop.
-struct Serving {
-    child: tokio::process::Child,
-    addr: SocketAddr,
+pub(super) struct Serving {
+    pub(super) child: tokio::process::Child,
+    pub(super) addr: SocketAddr,
     started: Instant,
     listening: Duration,
 }
@@ -609,7 +610,7 @@ struct Serving {
 /// Starts the release `mlgw serve` with `args` and waits (bounded) until it prints its
 /// address. AWS credentials are fixed and instance metadata off, so nothing is looked up
 /// beyond this machine.
-async fn start_serve(args: &[OsString], stderr: &Path) -> Serving {
+pub(super) async fn start_serve(args: &[OsString], stderr: &Path) -> Serving {
     let log = std::fs::File::create(stderr).unwrap();
     let mut cmd = tokio::process::Command::new(mlgw_bin());
     cmd.arg("serve")
@@ -654,7 +655,7 @@ async fn start_serve(args: &[OsString], stderr: &Path) -> Serving {
 }
 
 impl Serving {
-    async fn kill(mut self) {
+    pub(super) async fn kill(mut self) {
         let _ = self.child.kill().await;
     }
 }
@@ -1038,30 +1039,4 @@ async fn idle_rss() -> Vec<Row> {
         goal: "≤ 50 MB".into(),
         met: Row::judged(mb(warm) <= 50.0),
     }]
-}
-
-// ---------------------------------------------------------------------------------------
-// 9. KWOK
-
-fn kwok() -> Vec<Row> {
-    let why = "not measured here: needs the watch-driven kube cache (issue 12, in progress) \
-               and the KWOK test cluster";
-    vec![
-        Row {
-            row: "Status change → Watch event, 10,000 live jobs on KWOK".into(),
-            measured: why.into(),
-            baseline: "a plain kube watch seeing the same change".into(),
-            value: "—".into(),
-            goal: "p99 ≤ 1 s".into(),
-            met: Met::NotJudged,
-        },
-        Row {
-            row: "API server requests/s by the gateway, 10,000 live jobs, steady state".into(),
-            measured: why.into(),
-            baseline: "—".into(),
-            value: "—".into(),
-            goal: "≤ 5/s".into(),
-            met: Met::NotJudged,
-        },
-    ]
 }
