@@ -125,6 +125,12 @@ def test_a_group_of_another_session_is_not_ours(reaped: list[subprocess.Popen[st
     # The gateway's session, everything in it ended (its leader a zombie)...
     gateway = spawn("pass")
     reaped.append(gateway)
+    # Not reaped, so its pid stays its own; waited for, since Python takes a while to start
+    # and end on a busy machine, and until then its session is not empty.
+    deadline = time.monotonic() + 30
+    while state_of(gateway.pid) != "Z":
+        assert time.monotonic() < deadline, "python -c pass did not end within 30 s"
+        time.sleep(0.02)
     # ...and a pid one of its jobs once had, reused by someone else's process leading a group.
     other = spawn("import time; time.sleep(600)")
     reaped.append(other)
