@@ -206,9 +206,14 @@ fn unwrap_tx<T>(r: std::result::Result<T, TransactionError<StoreError>>) -> Resu
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_publishing_within(dir, commit::PUBLISH_WITHIN)
+    }
+
+    /// `open`, with changes nobody waits on published within `window` (see `commit`).
+    fn open_publishing_within(dir: &Path, window: std::time::Duration) -> Result<Self> {
         let db = sled::Config::new().path(dir).open()?;
         let (changes, _) = broadcast::channel(1024);
-        let commit = commit::GroupCommit::start(db.clone(), changes.clone())
+        let commit = commit::GroupCommit::start(db.clone(), changes.clone(), window)
             .map_err(|e| StoreError::Flush(format!("starting the committer: {e}")))?;
         let store = Self {
             jobs: db.open_tree("jobs")?,
@@ -261,6 +266,11 @@ impl Store {
     /// A tree for a capability's own bookkeeping (e.g. the processes a target started).
     pub fn tree(&self, name: &str) -> Result<sled::Tree> {
         Ok(self.db.open_tree(name)?)
+    }
+
+    /// Flushes the store's committer has made (for watchers or for callers of `flush`).
+    pub fn flushes(&self) -> u64 {
+        self.commit.flushes()
     }
 
     /// Makes every write so far durable. sled's own `flush_async` runs on sled's small I/O
@@ -978,5 +988,49 @@ mod tests {
                 "a job id is no endpoint page token"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn changes_nobody_waits_on_share_the_next_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        // A window longer than the test: only a flush someone asks for publishes.
+        let s = Store::open_publishing_within(dir.path(), std::time::Duration::from_secs(3600))
+            .unwrap();
+        let mut watch = s.subscribe();
+        let ids: Vec<String> = (0..50).map(|_| new_id("j")).collect();
+        for id in &ids {
+            s.insert_job(job(id), None).unwrap();
+            s.update_job(id, |j| {
+                j.transition(JobState::Running, String::new(), now_ms());
+                true
+            })
+            .unwrap();
+        }
+        s.flush().await.unwrap();
+        assert_eq!(
+            s.flushes(),
+            1,
+            "100 changes and one flush asked for: one flush"
+        );
+        let mut seen = 0;
+        while let Ok(Change::Job(_)) = watch.try_recv() {
+            seen += 1;
+        }
+        assert_eq!(seen, 100, "every change published by that flush");
+    }
+
+    #[tokio::test]
+    async fn a_change_nobody_waits_on_still_reaches_watchers_after_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut watch = s.subscribe();
+        let id = new_id("j");
+        s.insert_job(job(&id), None).unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(30), watch.recv())
+            .await
+            .expect("published within the window")
+            .unwrap();
+        assert!(matches!(got, Change::Job(j) if j.id == id));
+        assert!(s.flushes() >= 1, "only after a flush made it durable");
     }
 }
