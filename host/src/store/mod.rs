@@ -6,7 +6,8 @@
 //!
 //! Indexes keep the gateway's cost with what is live, not with history: the reconciler finds a
 //! target's live records, and a filtered list its page, without decoding anything else. A write
-//! that changes nothing is not written.
+//! that changes nothing is not written. An event keeps the job's status at that version, not a
+//! copy of its spec.
 
 mod commit;
 
@@ -19,7 +20,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tokio::sync::broadcast;
 
 use crate::domain::validate::validate_page_token;
-use crate::domain::{Endpoint, EndpointState, FieldError, Job, JobState};
+use crate::domain::{BackendRef, Endpoint, EndpointState, FieldError, Job, JobState, Millis};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -186,10 +187,103 @@ fn name_key(tenant: &str, name: &str) -> Vec<u8> {
 }
 
 fn event_key(id: &str, seq: u64) -> Vec<u8> {
-    let mut k = id.as_bytes().to_vec();
-    k.push(0);
+    let mut k = event_prefix(id);
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+fn event_prefix(id: &str) -> Vec<u8> {
+    let mut k = id.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+/// The job an event key belongs to.
+fn event_job_id(event: &[u8]) -> &[u8] {
+    &event[..event.len().saturating_sub(9)]
+}
+
+/// A job event: the job's status at one version. A job's id, tenant, target, spec and
+/// creation time never change after insert (the bulk of it: command, env, hyperparameters,
+/// inputs), so they are kept once, in the record, and each event only holds the rest. The
+/// field names are the job's own: an event written before, a whole job, decodes as this too
+/// (the immutable fields ignored, being the record's).
+#[derive(Serialize)]
+struct EventOut<'a> {
+    state: JobState,
+    message: &'a str,
+    backend_state: &'a str,
+    backend_ref: &'a Option<BackendRef>,
+    output_uri: &'a Option<String>,
+    updated_at: Millis,
+    finished_at: Option<Millis>,
+    cancel_requested: bool,
+    cancel_sent_at: Option<Millis>,
+    sequence: u64,
+    feed_sequence: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct Event {
+    state: JobState,
+    message: String,
+    backend_state: String,
+    backend_ref: Option<BackendRef>,
+    output_uri: Option<String>,
+    updated_at: Millis,
+    finished_at: Option<Millis>,
+    cancel_requested: bool,
+    #[serde(default)]
+    cancel_sent_at: Option<Millis>,
+    sequence: u64,
+    #[serde(default)]
+    feed_sequence: u64,
+}
+
+/// Only an event's place in the feed.
+#[derive(serde::Deserialize)]
+struct EventFeedSequence {
+    #[serde(default)]
+    feed_sequence: u64,
+}
+
+fn encode_event(j: &Job) -> Vec<u8> {
+    encode(&EventOut {
+        state: j.state,
+        message: &j.message,
+        backend_state: &j.backend_state,
+        backend_ref: &j.backend_ref,
+        output_uri: &j.output_uri,
+        updated_at: j.updated_at,
+        finished_at: j.finished_at,
+        cancel_requested: j.cancel_requested,
+        cancel_sent_at: j.cancel_sent_at,
+        sequence: j.sequence,
+        feed_sequence: j.feed_sequence,
+    })
+}
+
+/// The job as it was at `event`: the record's immutable part with the event's status.
+fn decode_event(key: &[u8], bytes: &[u8], record: &Job) -> Result<Job> {
+    let e: Event = decode(key, bytes)?;
+    Ok(Job {
+        id: record.id.clone(),
+        tenant: record.tenant.clone(),
+        target: record.target.clone(),
+        spec: record.spec.clone(),
+        created_at: record.created_at,
+        state: e.state,
+        message: e.message,
+        backend_state: e.backend_state,
+        backend_ref: e.backend_ref,
+        output_uri: e.output_uri,
+        updated_at: e.updated_at,
+        finished_at: e.finished_at,
+        cancel_requested: e.cancel_requested,
+        cancel_sent_at: e.cancel_sent_at,
+        sequence: e.sequence,
+        feed_sequence: e.feed_sequence,
+    })
 }
 
 fn feed_seq(key: &[u8]) -> u64 {
@@ -300,14 +394,30 @@ impl Store {
 
     /// The feed entries numbered above `after`, oldest first, at most `limit`: each entry's
     /// sequence and the job version it recorded — None where a later change of the same job
-    /// event replaced it (that change has its own, later entry) or the event is gone.
+    /// event replaced it (that change has its own, later entry) or the job is gone.
     pub fn feed_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Option<Job>)>> {
         let mut out = Vec::new();
+        // Each job's immutable part, read once per page.
+        let mut records: std::collections::HashMap<Vec<u8>, Option<Job>> = Default::default();
         for item in self.feed.range(after.saturating_add(1).to_be_bytes()..) {
             let (k, event) = item?;
             let seq = feed_seq(&k);
             let job = match self.events.get(&event)? {
-                Some(v) => Some(decode::<Job>(&event, &v)?).filter(|j| j.feed_sequence == seq),
+                Some(v) => {
+                    let id = event_job_id(&event);
+                    if !records.contains_key(id) {
+                        let record = match self.jobs.get(id)? {
+                            Some(r) => Some(decode::<Job>(id, &r)?),
+                            None => None,
+                        };
+                        records.insert(id.to_vec(), record);
+                    }
+                    match &records[id] {
+                        Some(record) => Some(decode_event(&event, &v, record)?)
+                            .filter(|j| j.feed_sequence == seq),
+                        None => None,
+                    }
+                }
                 None => None,
             };
             out.push((seq, job));
@@ -326,6 +436,7 @@ impl Store {
         let order = self.feed_order.lock().unwrap_or_else(|p| p.into_inner());
         job.feed_sequence = self.next_feed_sequence()?;
         let bytes = encode(&job);
+        let event_bytes = encode_event(&job);
         let existing = unwrap_tx(
             (
                 &self.jobs,
@@ -343,7 +454,7 @@ impl Store {
                     }
                     let event = event_key(&id, job.sequence);
                     jobs.insert(id.as_bytes(), bytes.as_slice())?;
-                    events.insert(event.as_slice(), bytes.as_slice())?;
+                    events.insert(event.as_slice(), event_bytes.as_slice())?;
                     feed.insert(&job.feed_sequence.to_be_bytes()[..], event)?;
                     reindex(index, &[], &keys)?;
                     Ok::<_, ConflictableTransactionError<StoreError>>(None)
@@ -399,11 +510,19 @@ impl Store {
                     if notify {
                         job.feed_sequence = feed_sequence;
                     }
-                    let bytes = encode(&job);
-                    jobs.insert(id.as_bytes(), bytes.as_slice())?;
+                    jobs.insert(id.as_bytes(), encode(&job))?;
                     if notify {
                         let event = event_key(id, job.sequence);
-                        events.insert(event.as_slice(), bytes.as_slice())?;
+                        // A change that replaces this version's event takes its place in the
+                        // feed too: each event has one feed entry, which pruning removes.
+                        if let Some(prev) = events.insert(event.as_slice(), encode_event(&job))? {
+                            let prev: EventFeedSequence = decode(&event, &prev)
+                                .map_err(ConflictableTransactionError::Abort)?;
+                            let at = prev.feed_sequence.to_be_bytes();
+                            if feed.get(at)?.as_deref() == Some(event.as_slice()) {
+                                feed.remove(&at[..])?;
+                            }
+                        }
                         feed.insert(&feed_sequence.to_be_bytes()[..], event)?;
                     }
                     reindex(index, &job_index_keys(&before), &job_index_keys(&job))?;
@@ -522,13 +641,14 @@ impl Store {
 
     /// The job's recorded changes with a sequence above `after`, oldest first.
     pub fn job_events(&self, id: &str, after: u64) -> Result<Vec<Job>> {
+        let record = self.job(id)?;
         let start = event_key(id, after.saturating_add(1));
         let end = event_key(id, u64::MAX);
         self.events
             .range(start..=end)
             .map(|item| {
                 let (k, v) = item?;
-                decode(&k, &v)
+                decode_event(&k, &v, &record)
             })
             .collect()
     }
@@ -988,6 +1108,148 @@ mod tests {
                 "a job id is no endpoint page token"
             );
         }
+    }
+
+    /// A job as users submit them: a command, 20 env vars, 10 hyperparameters, inputs.
+    fn realistic_job(id: &str) -> Job {
+        let mut j = job(id);
+        j.spec = TrainingSpec {
+            name: "resnet50-imagenet-sweep".into(),
+            image: Some("ghcr.io/example/train:2026.11.3-cuda12.4".into()),
+            command: [
+                "python",
+                "-m",
+                "torch.distributed.run",
+                "--nproc-per-node=8",
+                "train.py",
+            ]
+            .map(String::from)
+            .to_vec(),
+            args: ["--config", "configs/resnet50.yaml", "--amp"]
+                .map(String::from)
+                .to_vec(),
+            env: (0..20)
+                .map(|i| {
+                    (
+                        format!("TRAIN_SETTING_{i:02}"),
+                        format!("value-for-setting-{i}"),
+                    )
+                })
+                .collect(),
+            hyperparameters: (0..10)
+                .map(|i| (format!("hp_{i}"), format!("{}", 0.001 * f64::from(i + 1))))
+                .collect(),
+            inputs: ["train", "validation", "test"]
+                .map(|n| crate::domain::InputChannel {
+                    name: n.into(),
+                    uri: format!("s3://example-datasets/imagenet/2026-10/{n}/"),
+                })
+                .to_vec(),
+            output_uri: Some("s3://example-models/resnet50/".into()),
+            max_runtime_seconds: Some(86_400),
+            framework: Some("pytorch".into()),
+            ..TrainingSpec::default()
+        };
+        j
+    }
+
+    #[test]
+    fn an_event_keeps_the_status_not_a_copy_of_the_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let id = new_id("j");
+        s.insert_job(realistic_job(&id), None).unwrap();
+        let running = s
+            .update_job(&id, |j| {
+                j.backend_ref = Some(BackendRef {
+                    name: "mlgw-0123456789ab".into(),
+                    data: "{\"pid\":4242,\"start\":987654}".into(),
+                });
+                j.transition(JobState::Running, "started on node-7".into(), now_ms());
+                true
+            })
+            .unwrap();
+        let record = s.jobs.get(&id).unwrap().unwrap().len();
+        let event = s
+            .events
+            .get(event_key(&id, running.sequence))
+            .unwrap()
+            .unwrap()
+            .len();
+        // What an event was before: the whole job.
+        let whole = encode(&running).len();
+        println!("bytes per event: {whole} as a whole job, {event} as its status");
+        assert_eq!(whole, record);
+        assert!(
+            event * 4 < record,
+            "an event of {event} bytes against a record of {record}"
+        );
+        // Readers still get whole jobs, each as it was at that version.
+        let evs = s.job_events(&id, 0).unwrap();
+        assert_eq!(evs.len(), 2);
+        assert_eq!(evs[1], running);
+        assert_eq!(evs[0].state, JobState::Pending);
+        assert_eq!(evs[0].spec, running.spec);
+        assert_eq!(evs[0].backend_ref, None);
+        let feed: Vec<Job> = s
+            .feed_after(0, 10)
+            .unwrap()
+            .into_iter()
+            .filter_map(|(_, j)| j)
+            .collect();
+        assert_eq!(feed, evs);
+    }
+
+    #[test]
+    fn events_written_as_whole_jobs_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let id = new_id("j");
+        let first = s.insert_job(realistic_job(&id), None).unwrap();
+        let Inserted::Created(first) = first else {
+            panic!("a new job")
+        };
+        // The insert's event as stores before this wrote it: the whole job.
+        s.events.insert(event_key(&id, 1), encode(&first)).unwrap();
+        let done = s
+            .update_job(&id, |j| {
+                j.transition(JobState::Succeeded, String::new(), now_ms());
+                true
+            })
+            .unwrap();
+        assert_eq!(
+            s.job_events(&id, 0).unwrap(),
+            vec![first.clone(), done.clone()]
+        );
+        let feed: Vec<Job> = s
+            .feed_after(0, 10)
+            .unwrap()
+            .into_iter()
+            .filter_map(|(_, j)| j)
+            .collect();
+        assert_eq!(feed, vec![first, done]);
+    }
+
+    #[test]
+    fn a_change_that_replaces_an_event_takes_its_feed_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let id = new_id("j");
+        s.insert_job(job(&id), None).unwrap();
+        // Notified without a new version: the same event, written again.
+        let j = s
+            .update_job(&id, |j| {
+                j.message = "again".into();
+                true
+            })
+            .unwrap();
+        let entries = s.feed_after(0, 10).unwrap();
+        assert_eq!(entries.len(), 1, "one entry per event: {entries:?}");
+        assert_eq!(entries[0].0, j.feed_sequence);
+        assert_eq!(
+            entries[0].1.as_ref().map(|j| j.message.as_str()),
+            Some("again")
+        );
     }
 
     #[tokio::test]
