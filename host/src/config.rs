@@ -40,7 +40,60 @@ pub struct Config {
     pub artifacts: ArtifactsConfig,
     #[serde(default)]
     pub observability: ObservabilityConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
 }
+
+/// The gateway's own records (`[store]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Finished jobs (succeeded, failed, cancelled) and deleted endpoints that ended longer
+    /// ago than this are removed, with their events, change-feed entries and idempotency
+    /// keys; a job that has not ended is kept however old. Unset: everything is kept.
+    pub retention_seconds: Option<u64>,
+    /// How often the store looks for records past their retention (and once at start).
+    pub prune_interval_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            retention_seconds: None,
+            prune_interval_ms: 60_000,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// How long finished records are kept; None: forever.
+    pub fn retention(&self) -> Option<std::time::Duration> {
+        self.retention_seconds.map(std::time::Duration::from_secs)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError::Invalid(format!("store.{key}: {why}")));
+        match self.retention_seconds {
+            Some(0) => {
+                return bad(
+                    "retention_seconds",
+                    "must be positive (leave it unset to keep every record)",
+                );
+            }
+            // Beyond that the cut-off in milliseconds overflows; a century is forever enough.
+            Some(s) if s > MAX_RETENTION_SECONDS => {
+                return bad("retention_seconds", "at most 3153600000 (a century)");
+            }
+            _ => {}
+        }
+        if self.prune_interval_ms == 0 {
+            return bad("prune_interval_ms", "must be positive");
+        }
+        Ok(())
+    }
+}
+
+const MAX_RETENTION_SECONDS: u64 = 100 * 365 * 24 * 60 * 60;
 
 /// Metrics, traces and the log format (`[observability]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -757,6 +810,7 @@ impl Config {
             targets,
             artifacts: ArtifactsConfig::default(),
             observability: ObservabilityConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 
@@ -918,6 +972,7 @@ impl Config {
             )));
         }
         self.artifacts.check()?;
+        self.store.check()?;
         // Slower than this, live records would look stuck to everyone watching them.
         const MAX_RECONCILE_INTERVAL_MS: u64 = 60 * 60 * 1000;
         if l.reconcile_interval_ms > MAX_RECONCILE_INTERVAL_MS {
@@ -976,6 +1031,44 @@ mod tests {
             ("log_format = \"xml\"", "xml"),
             ("otlp_endpoint = \"collector:4317\"", "otlp_endpoint"),
             ("metrics_listen = \"127.0.0.1:50051\"", "metrics_listen"),
+        ] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn store_retention_is_unset_by_default_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("mlgw.toml");
+        let load = |store: &str| {
+            std::fs::write(
+                &p,
+                format!("[store]\n{store}\n[targets.local]\nplugin = \"local\"\n"),
+            )
+            .unwrap();
+            Config::load(&p)
+        };
+        let c = load("").unwrap();
+        assert_eq!(c.store.retention(), None, "nothing is pruned unless asked");
+        assert!(Config::embedded().store.retention().is_none());
+        let c = load("retention_seconds = 2592000\nprune_interval_ms = 1000").unwrap();
+        assert_eq!(
+            c.store.retention(),
+            Some(std::time::Duration::from_secs(30 * 24 * 3600))
+        );
+        assert_eq!(c.store.prune_interval_ms, 1000);
+        for (bad, says) in [
+            (
+                "retention_seconds = 0",
+                "store.retention_seconds: must be positive",
+            ),
+            (
+                "retention_seconds = 31536000000",
+                "store.retention_seconds: at most",
+            ),
+            ("prune_interval_ms = 0", "store.prune_interval_ms"),
+            ("retention = \"30d\"", "retention"),
         ] {
             let e = load(bad).unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");

@@ -59,6 +59,14 @@ pub async fn serve(
         Duration::from_millis(config.limits.kube_resync_ms),
         stop_rx,
     ));
+    // Stopped by dropping it: each of its batches is one transaction.
+    let pruner = config.store.retention().map(|keep| {
+        tokio::spawn(crate::store::prune_periodically(
+            gw.store.clone(),
+            keep,
+            Duration::from_millis(config.store.prune_interval_ms),
+        ))
+    });
     let routes = api::routes(gw.clone())?;
     // Metrics on their own port, so a scrape never queues behind gRPC and the port can be
     // opened to Prometheus alone.
@@ -99,6 +107,9 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     })
     .await;
+    if let Some(p) = pruner {
+        p.abort();
+    }
     let _ = metrics_stop.send(());
     if let Some(m) = metrics {
         let _ = m.await;

@@ -7,7 +7,9 @@
 //! Indexes keep the gateway's cost with what is live, not with history: the reconciler finds a
 //! target's live records, and a filtered list its page, without decoding anything else. A write
 //! that changes nothing is not written. An event keeps the job's status at that version, not a
-//! copy of its spec.
+//! copy of its spec. Finished jobs and deleted endpoints older than the operator's retention are
+//! pruned with everything that belongs to them (see `prune_batch`), found through an index by
+//! the time they ended.
 
 mod commit;
 
@@ -79,7 +81,8 @@ pub struct Store {
     changes: broadcast::Sender<Change>,
 }
 
-/// The index entries a job has: by target, by state, by tenant, and live by target.
+/// The index entries a job has: by target, by state, by tenant, live by target, and once it
+/// has ended, by when.
 fn job_index_keys(j: &Job) -> Vec<Vec<u8>> {
     let mut keys = vec![
         index_key(b'j', b'x', &target_state(&j.target, j.state), &j.id),
@@ -87,10 +90,28 @@ fn job_index_keys(j: &Job) -> Vec<Vec<u8>> {
         index_key(b'j', b's', j.state.as_str(), &j.id),
         index_key(b'j', b'n', &j.tenant, &j.id),
     ];
-    if !j.state.is_terminal() {
+    if j.state.is_terminal() {
+        // A terminal job always has `finished_at` once `transition` made it so; a record
+        // that reached its end another way ended at its last update.
+        let ended = j.finished_at.unwrap_or(j.updated_at);
+        keys.push(index_key(b'j', b'f', &ended_value(ended), &j.id));
+    } else {
         keys.push(index_key(b'j', b'l', &j.target, &j.id));
     }
     keys
+}
+
+/// The by-end-time index's value: fixed width, so keys sort by time.
+fn ended_value(at: Millis) -> String {
+    format!("{at:020}")
+}
+
+/// An idempotency key's entry under the record it created (`<kind> k <id>\0<key>`), so
+/// pruning the record finds its keys without scanning them all.
+fn idem_owner_key(kind: u8, id: &str, ikey: &[u8]) -> Vec<u8> {
+    let mut k = index_key(kind, b'k', id, "");
+    k.extend_from_slice(ikey);
+    k
 }
 
 /// The by-target-and-state index's value: what the metrics count.
@@ -100,7 +121,8 @@ fn target_state(target: &str, state: JobState) -> String {
 
 fn endpoint_index_keys(e: &Endpoint) -> Vec<Vec<u8>> {
     if e.state == EndpointState::Deleted {
-        Vec::new()
+        // Deleting is its last update.
+        vec![index_key(b'e', b'f', &ended_value(e.updated_at), &e.id)]
     } else {
         vec![index_key(b'e', b'l', &e.target, &e.id)]
     }
@@ -159,7 +181,11 @@ fn reindex(
 
 const INDEX_VERSION: &[u8] = b"index-version";
 /// Bump when the index keys change: the next open rebuilds them.
-const INDEX_CURRENT: &[u8] = b"2";
+const INDEX_CURRENT: &[u8] = b"3";
+
+/// Records removed in one pruning transaction: small enough that the writes of live records
+/// never wait long behind it.
+pub const PRUNE_BATCH: usize = 128;
 
 /// What an insert with an idempotency key did.
 pub enum Inserted<T> {
@@ -348,6 +374,24 @@ impl Store {
                 self.index.insert(key, &[][..])?;
             }
         }
+        // `<tenant>\0<kind>\0<key>` → id.
+        for item in self.idempotency.iter() {
+            let (k, id) = item?;
+            let kind = match k.split(|b| *b == 0).nth(1) {
+                Some(b"job") => b'j',
+                Some(b"endpoint") => b'e',
+                _ => {
+                    return Err(StoreError::Corrupt {
+                        key: String::from_utf8_lossy(&k).into_owned(),
+                        message: "an idempotency key of no known kind".into(),
+                    });
+                }
+            };
+            self.index.insert(
+                idem_owner_key(kind, &String::from_utf8_lossy(&id), &k),
+                &[][..],
+            )?;
+        }
         self.meta.insert(INDEX_VERSION, INDEX_CURRENT)?;
         self.db.flush()?;
         Ok(())
@@ -394,7 +438,8 @@ impl Store {
 
     /// The feed entries numbered above `after`, oldest first, at most `limit`: each entry's
     /// sequence and the job version it recorded — None where a later change of the same job
-    /// event replaced it (that change has its own, later entry) or the job is gone.
+    /// event replaced it (that change has its own, later entry) or the job was pruned while
+    /// this read. Pruned jobs' entries are gone, so a range they filled is simply skipped.
     pub fn feed_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Option<Job>)>> {
         let mut out = Vec::new();
         // Each job's immutable part, read once per page.
@@ -451,6 +496,7 @@ impl Store {
                             return Ok(Some(prev));
                         }
                         idem.insert(k.as_slice(), id.as_bytes())?;
+                        index.insert(idem_owner_key(b'j', &id, k), &[][..])?;
                     }
                     let event = event_key(&id, job.sequence);
                     jobs.insert(id.as_bytes(), bytes.as_slice())?;
@@ -677,6 +723,7 @@ impl Store {
                             return Ok(Some(prev));
                         }
                         idem.insert(k.as_slice(), id.as_bytes())?;
+                        index.insert(idem_owner_key(b'e', &id, k), &[][..])?;
                     }
                     if names.get(&nkey)?.is_some() {
                         return Err(ConflictableTransactionError::Abort(StoreError::Conflict(
@@ -801,6 +848,265 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+/// What one pruning batch removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub jobs: usize,
+    pub endpoints: usize,
+    /// The batch was full: more may be due.
+    pub more: bool,
+}
+
+/// A record to prune and everything of it, read before its transaction.
+struct Doomed {
+    id: Vec<u8>,
+    /// Its by-end-time index key, which led here.
+    ended_key: Vec<u8>,
+    /// The record as it was read, removed only if it is still exactly that; None where the
+    /// index key leads nowhere it should (only that key goes).
+    record: Option<sled::IVec>,
+    /// Index keys, its idempotency keys' owner entries included.
+    index_keys: Vec<Vec<u8>>,
+    idem_keys: Vec<Vec<u8>>,
+    /// A job's events and the feed entry each has.
+    events: Vec<(sled::IVec, u64)>,
+    /// An endpoint's name entry, in case it still holds one.
+    name_key: Option<Vec<u8>>,
+}
+
+impl Store {
+    /// Prunes what ended before `before` (ms since the epoch): finished jobs, with their
+    /// events, feed entries, idempotency keys and index keys, then deleted endpoints, with
+    /// theirs; at most `PRUNE_BATCH` records, in one transaction per kind. Found through the
+    /// by-end-time index, so the cost is what is removed, never the store's size; a live job
+    /// is in no such index, however old. Blocks on the disk: call it off the runtime threads.
+    pub fn prune_batch(&self, before: Millis) -> Result<Pruned> {
+        let jobs = self.doomed(b'j', before, PRUNE_BATCH)?;
+        let full = jobs.len() == PRUNE_BATCH;
+        let jobs = self.remove_jobs(&jobs)?;
+        if full {
+            return Ok(Pruned {
+                jobs,
+                endpoints: 0,
+                more: true,
+            });
+        }
+        let endpoints = self.doomed(b'e', before, PRUNE_BATCH)?;
+        let more = endpoints.len() == PRUNE_BATCH;
+        Ok(Pruned {
+            jobs,
+            endpoints: self.remove_endpoints(&endpoints)?,
+            more,
+        })
+    }
+
+    /// `prune_batch` until nothing that ended before `before` is left.
+    pub fn prune_before(&self, before: Millis) -> Result<Pruned> {
+        let mut total = Pruned::default();
+        loop {
+            let p = self.prune_batch(before)?;
+            total.jobs += p.jobs;
+            total.endpoints += p.endpoints;
+            if !p.more || p.jobs + p.endpoints == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Up to `limit` records of `kind` (`j` or `e`) that ended before `before`, oldest first.
+    fn doomed(&self, kind: u8, before: Millis, limit: usize) -> Result<Vec<Doomed>> {
+        let start = vec![kind, b'f'];
+        let end = index_prefix(kind, b'f', &ended_value(before));
+        // `<kind> f <20 digits>\0<id>`
+        let id_at = end.len();
+        let mut out = Vec::new();
+        for item in self.index.range(start..end).take(limit) {
+            let (key, _) = item?;
+            let id = key[id_at.min(key.len())..].to_vec();
+            let id_str = String::from_utf8_lossy(&id).into_owned();
+            let mut d = Doomed {
+                ended_key: key.to_vec(),
+                record: None,
+                index_keys: Vec::new(),
+                idem_keys: Vec::new(),
+                events: Vec::new(),
+                name_key: None,
+                id,
+            };
+            let owners = idem_owner_key(kind, &id_str, b"");
+            if kind == b'j' {
+                if let Some(bytes) = self.jobs.get(&d.id)? {
+                    let job: Job = decode(&d.id, &bytes)?;
+                    if job.state.is_terminal() {
+                        d.index_keys = job_index_keys(&job);
+                        for item in self.events.scan_prefix(event_prefix(&id_str)) {
+                            let (k, v) = item?;
+                            let e: EventFeedSequence = decode(&k, &v)?;
+                            d.events.push((k, e.feed_sequence));
+                        }
+                        d.record = Some(bytes);
+                    }
+                }
+            } else if let Some(bytes) = self.endpoints.get(&d.id)? {
+                let ep: Endpoint = decode(&d.id, &bytes)?;
+                if ep.state == EndpointState::Deleted {
+                    d.index_keys = endpoint_index_keys(&ep);
+                    d.name_key = Some(name_key(&ep.tenant, &ep.spec.name));
+                    d.record = Some(bytes);
+                }
+            }
+            if d.record.is_some() {
+                for item in self.index.scan_prefix(&owners) {
+                    let (k, _) = item?;
+                    d.idem_keys.push(k[owners.len()..].to_vec());
+                    d.index_keys.push(k.to_vec());
+                }
+            }
+            out.push(d);
+        }
+        Ok(out)
+    }
+
+    fn remove_jobs(&self, doomed: &[Doomed]) -> Result<usize> {
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        unwrap_tx(
+            (
+                &self.jobs,
+                &self.events,
+                &self.feed,
+                &self.idempotency,
+                &self.index,
+            )
+                .transaction(|(jobs, events, feed, idem, index)| {
+                    let mut removed = 0;
+                    for d in doomed {
+                        let Some(record) = &d.record else {
+                            index.remove(d.ended_key.as_slice())?;
+                            continue;
+                        };
+                        // Changed since it was read: the next batch looks again.
+                        if jobs.get(&d.id)?.as_ref() != Some(record) {
+                            continue;
+                        }
+                        jobs.remove(d.id.as_slice())?;
+                        for (event, seq) in &d.events {
+                            events.remove(event)?;
+                            let at = seq.to_be_bytes();
+                            if feed.get(at)?.as_ref() == Some(event) {
+                                feed.remove(&at[..])?;
+                            }
+                        }
+                        remove_idem_keys(idem, d)?;
+                        for k in &d.index_keys {
+                            index.remove(k.as_slice())?;
+                        }
+                        removed += 1;
+                    }
+                    Ok::<_, ConflictableTransactionError<StoreError>>(removed)
+                }),
+        )
+    }
+
+    fn remove_endpoints(&self, doomed: &[Doomed]) -> Result<usize> {
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        unwrap_tx(
+            (
+                &self.endpoints,
+                &self.endpoint_names,
+                &self.idempotency,
+                &self.index,
+            )
+                .transaction(|(eps, names, idem, index)| {
+                    let mut removed = 0;
+                    for d in doomed {
+                        let Some(record) = &d.record else {
+                            index.remove(d.ended_key.as_slice())?;
+                            continue;
+                        };
+                        if eps.get(&d.id)?.as_ref() != Some(record) {
+                            continue;
+                        }
+                        eps.remove(d.id.as_slice())?;
+                        // Freed when it was deleted; a name a newer endpoint holds stays.
+                        if let Some(nk) = &d.name_key
+                            && names.get(nk)?.as_deref() == Some(d.id.as_slice())
+                        {
+                            names.remove(nk.as_slice())?;
+                        }
+                        remove_idem_keys(idem, d)?;
+                        for k in &d.index_keys {
+                            index.remove(k.as_slice())?;
+                        }
+                        removed += 1;
+                    }
+                    Ok::<_, ConflictableTransactionError<StoreError>>(removed)
+                }),
+        )
+    }
+}
+
+/// A pruned record's idempotency keys; a key that maps elsewhere (it cannot, keys are only
+/// ever written with a new record) is left alone.
+fn remove_idem_keys(
+    idem: &sled::transaction::TransactionalTree,
+    d: &Doomed,
+) -> std::result::Result<(), ConflictableTransactionError<StoreError>> {
+    for k in &d.idem_keys {
+        if idem.get(k)?.as_deref() == Some(d.id.as_slice()) {
+            idem.remove(k.as_slice())?;
+        }
+    }
+    Ok(())
+}
+
+/// Prunes what ended more than `retention` ago: once now, then every `every`, each batch on a
+/// blocking thread, until the task is dropped (between batches, each one a transaction, so
+/// dropping it mid-pass loses nothing).
+pub async fn prune_periodically(
+    store: Store,
+    retention: std::time::Duration,
+    every: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let before = crate::domain::now_ms().saturating_sub(retention.as_millis() as u64);
+        let mut total = Pruned::default();
+        loop {
+            let s = store.clone();
+            match tokio::task::spawn_blocking(move || s.prune_batch(before)).await {
+                Ok(Ok(p)) => {
+                    total.jobs += p.jobs;
+                    total.endpoints += p.endpoints;
+                    if !p.more || p.jobs + p.endpoints == 0 {
+                        break;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::error!("store: pruning what ended before {before}: {e}");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!("store: the pruning task failed: {e}");
+                    break;
+                }
+            }
+        }
+        if total.jobs + total.endpoints > 0 {
+            tracing::info!(
+                jobs = total.jobs,
+                endpoints = total.endpoints,
+                "store: pruned records that ended more than {retention:?} ago"
+            );
+        }
     }
 }
 
@@ -1250,6 +1556,222 @@ mod tests {
             entries[0].1.as_ref().map(|j| j.message.as_str()),
             Some("again")
         );
+    }
+
+    /// Every tree in which `id` appears, in a key or a value.
+    fn traces_of(s: &Store, id: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for name in s.db.tree_names() {
+            let tree = s.db.open_tree(&name).unwrap();
+            for item in tree.iter() {
+                let (k, v) = item.unwrap();
+                if [&k, &v]
+                    .iter()
+                    .any(|b| b.windows(id.len()).any(|w| w == id.as_bytes()))
+                {
+                    found.push(format!(
+                        "{}: {}",
+                        String::from_utf8_lossy(&name),
+                        String::from_utf8_lossy(&k)
+                    ));
+                }
+            }
+        }
+        found
+    }
+
+    fn endpoint(id: &str, name: &str) -> Endpoint {
+        Endpoint {
+            id: id.into(),
+            tenant: "t".into(),
+            target: "local".into(),
+            spec: crate::domain::EndpointSpec {
+                name: name.into(),
+                ..Default::default()
+            },
+            state: EndpointState::Creating,
+            message: String::new(),
+            backend_state: String::new(),
+            backend_ref: None,
+            url: None,
+            created_at: now_ms(),
+            updated_at: now_ms(),
+            sequence: 1,
+            degraded_since: None,
+            revision: 1,
+        }
+    }
+
+    const LONG_AGO: Millis = 1_000_000;
+
+    /// Runs, then ends at `at`.
+    fn finish_at(s: &Store, id: &str, state: JobState, at: Millis) {
+        for st in [JobState::Running, state] {
+            s.update_job(id, |j| {
+                j.transition(st, String::new(), at);
+                true
+            })
+            .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn pruning_removes_exactly_what_ended_before_and_everything_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let [old_done, old_failed, old_live, recent_done] = [0; 4].map(|_| new_id("j"));
+        s.insert_job(realistic_job(&old_done), Some("nightly"))
+            .unwrap();
+        finish_at(&s, &old_done, JobState::Succeeded, LONG_AGO);
+        s.insert_job(job(&old_failed), None).unwrap();
+        finish_at(&s, &old_failed, JobState::Failed, LONG_AGO + 1);
+        // Running since long ago: never pruned, however old.
+        let mut live = job(&old_live);
+        live.created_at = LONG_AGO;
+        live.updated_at = LONG_AGO;
+        s.insert_job(live, Some("long-run")).unwrap();
+        s.update_job(&old_live, |j| {
+            j.transition(JobState::Running, String::new(), LONG_AGO);
+            true
+        })
+        .unwrap();
+        s.insert_job(job(&recent_done), None).unwrap();
+        finish_at(&s, &recent_done, JobState::Succeeded, now_ms());
+        let [old_deleted, recent_deleted, serving] = [0; 3].map(|_| new_id("e"));
+        for (id, name) in [(&old_deleted, "a"), (&recent_deleted, "b"), (&serving, "c")] {
+            s.insert_endpoint(endpoint(id, name), Some(&format!("deploy-{name}")))
+                .unwrap();
+        }
+        s.update_endpoint(&old_deleted, |e| {
+            e.transition(EndpointState::Deleted, String::new(), LONG_AGO)
+        })
+        .unwrap();
+        s.update_endpoint(&recent_deleted, |e| {
+            e.transition(EndpointState::Deleted, String::new(), now_ms())
+        })
+        .unwrap();
+        let feed_before = s.feed_after(0, 100).unwrap();
+        let kept_feed: Vec<(u64, String, JobState)> = feed_before
+            .iter()
+            .filter_map(|(seq, j)| j.as_ref().map(|j| (*seq, j.id.clone(), j.state)))
+            .filter(|(_, id, _)| *id == old_live || *id == recent_done)
+            .collect();
+        for id in [&old_done, &old_failed, &old_deleted] {
+            assert!(
+                !traces_of(&s, id).is_empty(),
+                "{id} is stored to begin with"
+            );
+        }
+
+        let cutoff = now_ms() - 3_600_000;
+        let p = s.prune_before(cutoff).unwrap();
+        assert_eq!((p.jobs, p.endpoints), (2, 1));
+        for id in [&old_done, &old_failed, &old_deleted] {
+            assert_eq!(
+                traces_of(&s, id),
+                Vec::<String>::new(),
+                "what is left of {id}"
+            );
+        }
+        assert_eq!(s.job(&old_live).unwrap().state, JobState::Running);
+        assert_eq!(s.job_events(&old_live, 0).unwrap().len(), 2);
+        assert_eq!(s.job_events(&recent_done, 0).unwrap().len(), 3);
+        assert!(matches!(s.job(&old_done), Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            s.job_events(&old_done, 0),
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(
+            s.endpoint(&recent_deleted).unwrap().state,
+            EndpointState::Deleted
+        );
+        assert_eq!(s.find_endpoint("t", "c").unwrap().id, serving);
+        assert_eq!(s.count_jobs("local", JobState::Failed).unwrap(), 0);
+        assert_eq!(s.count_jobs("local", JobState::Succeeded).unwrap(), 1);
+        assert_eq!(s.live_jobs_of("local").unwrap().len(), 1);
+
+        // Watch-all over the pruned range: the kept changes, in order, nothing in between.
+        let replay = |after: u64| -> Vec<(u64, String, JobState)> {
+            s.feed_after(after, 100)
+                .unwrap()
+                .into_iter()
+                .map(|(seq, j)| {
+                    let j = j.expect("no pruned entry is left to skip");
+                    (seq, j.id, j.state)
+                })
+                .collect()
+        };
+        assert_eq!(replay(0), kept_feed);
+        assert_eq!(
+            replay(feed_before[0].0),
+            kept_feed,
+            "resuming inside the pruned range"
+        );
+
+        // The pruned job's key is free: the same key submits anew.
+        let again = new_id("j");
+        assert!(matches!(
+            s.insert_job(job(&again), Some("nightly")).unwrap(),
+            Inserted::Created(j) if j.id == again
+        ));
+        // A live job's key still finds it.
+        assert!(matches!(
+            s.insert_job(job(&new_id("j")), Some("long-run")).unwrap(),
+            Inserted::Existing(j) if j.id == old_live
+        ));
+        assert!(matches!(
+            s.insert_endpoint(endpoint(&new_id("e"), "a"), Some("deploy-a"))
+                .unwrap(),
+            Inserted::Created(_)
+        ));
+        assert_eq!(
+            s.prune_before(cutoff).unwrap(),
+            Pruned::default(),
+            "nothing left"
+        );
+    }
+
+    #[test]
+    fn pruning_goes_in_bounded_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let n = PRUNE_BATCH * 2 + 5;
+        for _ in 0..n {
+            let id = new_id("j");
+            s.insert_job(job(&id), None).unwrap();
+            finish_at(&s, &id, JobState::Succeeded, LONG_AGO);
+        }
+        let first = s.prune_batch(LONG_AGO + 1).unwrap();
+        assert_eq!((first.jobs, first.more), (PRUNE_BATCH, true));
+        let rest = s.prune_before(LONG_AGO + 1).unwrap();
+        assert_eq!(rest.jobs, n - PRUNE_BATCH);
+        assert!(s.list_jobs(|_| true, None, 10).unwrap().0.is_empty());
+        assert!(s.events.is_empty() && s.feed.is_empty() && s.index.is_empty());
+    }
+
+    #[test]
+    fn a_store_from_before_the_end_time_index_gets_it_and_prunes_its_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = new_id("j");
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.insert_job(job(&id), Some("k")).unwrap();
+            finish_at(&s, &id, JobState::Cancelled, LONG_AGO);
+            // As a store written before: no end-time or key-owner entries, version 2.
+            for k in s.index.iter().keys() {
+                let k = k.unwrap();
+                if k[1] == b'f' || k[1] == b'k' {
+                    s.index.remove(k).unwrap();
+                }
+            }
+            s.meta.insert(INDEX_VERSION, b"2").unwrap();
+            assert_eq!(s.prune_before(now_ms()).unwrap().jobs, 0);
+            s.db.flush().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.prune_before(now_ms()).unwrap().jobs, 1);
+        assert_eq!(traces_of(&s, &id), Vec::<String>::new());
+        assert!(s.idempotency.is_empty());
     }
 
     #[tokio::test]
