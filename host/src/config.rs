@@ -715,8 +715,12 @@ pub struct Limits {
     /// How often live jobs and endpoints are polled.
     pub reconcile_interval_ms: u64,
     /// On targets granted `kube`, whose objects' changes wake their records through watches:
-    /// how often a record in a steady state (a running job, a ready endpoint) is still
-    /// polled, in case an event was missed. Records in transition keep the interval above.
+    /// about how often a record in a steady state (a running job, a ready endpoint) is still
+    /// polled, in case an event was missed (each at a spread point between half of this and
+    /// all of it). Records in transition keep the interval above. A safety net, not the way
+    /// status arrives: a broken watch relists and wakes every record itself, so the default is
+    /// long (informers elsewhere resync every 10 minutes to 10 hours); each poll is a plugin
+    /// call, and 10,000 running jobs at one minute kept a core busy.
     pub kube_resync_ms: u64,
     /// Plugin calls of one target at once (client calls and the reconciler's), so a slow or
     /// hostile target only ever waits on itself. At most `max_concurrent_calls`.
@@ -738,7 +742,7 @@ impl Default for Limits {
             memory_mib: 64,
             max_concurrent_calls: 64,
             reconcile_interval_ms: 500,
-            kube_resync_ms: 60_000,
+            kube_resync_ms: 600_000,
             target_concurrent_calls: 16,
             endpoint_failure_after_ms: 30_000,
             max_plugin_text_bytes: 16 * 1024,

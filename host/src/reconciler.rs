@@ -8,11 +8,10 @@
 //! it) is retried with exponential backoff instead of every tick.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 
 use crate::capabilities::kube::cache::Wakeups;
 use crate::domain::{Endpoint, EndpointState, Job, JobState};
@@ -58,11 +57,67 @@ pub async fn run(
     }
 }
 
-/// When each steady record was last polled, and how often it must be.
+/// When each steady record of a watched target is next polled anyway, in case an event was
+/// missed. Shared by the target's two loops: the sweep that polls what is due, and the loop
+/// that reconciles records their objects' events woke.
 struct Resync {
     every: Duration,
-    polled: HashMap<String, Instant>,
+    due: Mutex<HashMap<String, Instant>>,
     wakeups: Arc<Wakeups>,
+    /// Seeds the spread of due times (random per process).
+    spread: std::collections::hash_map::RandomState,
+    /// Records being reconciled now, by either loop; true if an event came meanwhile. Two
+    /// reconciles of one record at once could record an older observation after a newer one.
+    inflight: Mutex<HashMap<String, bool>>,
+}
+
+impl Resync {
+    /// The next resync of a record just reconciled: somewhere in the second half of `every`,
+    /// a different point each time. Records reconciled together (a relist after the watch was
+    /// lost wakes every one of them) would otherwise all come due in the same sweep, every
+    /// `every`, and that sweep would queue thousands of calls at once.
+    fn next_due(&self, id: &str, now: Instant) -> Instant {
+        use std::hash::BuildHasher;
+        let half = self.every / 2;
+        let jitter = self.spread.hash_one((id, now)) % (half.as_millis().max(1) as u64);
+        now + half + Duration::from_millis(jitter)
+    }
+
+    /// Whether this caller may reconcile `id` now. A woken record already being reconciled
+    /// is reconciled again once that ends (the event may be newer than what it observed);
+    /// a sweep's poll of it is simply not needed.
+    fn claim(&self, id: &str, woken: bool) -> bool {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        match inflight.get_mut(id) {
+            Some(again) => {
+                *again |= woken;
+                false
+            }
+            None => {
+                inflight.insert(id.to_string(), false);
+                true
+            }
+        }
+    }
+
+    /// Ends a claim; the record's next resync counts from now.
+    fn release(&self, id: &str) {
+        let now = Instant::now();
+        let again = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+            .unwrap_or(false);
+        let at = self.next_due(id, now);
+        self.due
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), at);
+        if again {
+            self.wakeups.wake(id);
+        }
+    }
 }
 
 async fn target_loop(
@@ -72,87 +127,96 @@ async fn target_loop(
     watched: Option<(Arc<Wakeups>, Duration)>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let resync = watched.map(|(wakeups, every)| {
+        Arc::new(Resync {
+            every,
+            due: Mutex::new(HashMap::new()),
+            wakeups,
+            spread: Default::default(),
+            inflight: Mutex::new(HashMap::new()),
+        })
+    });
+    let sweeps = sweep_loop(&gw, &target, interval, resync.clone());
+    // Woken records are reconciled on their own loop: an event never waits for a sweep
+    // (which can take long, polling what came due) to finish.
+    let woken = async {
+        match &resync {
+            Some(r) => loop {
+                let ids = r.wakeups.next().await;
+                let work = reconcile_woken(&gw, &target, ids, r);
+                tracing::Instrument::instrument(
+                    work,
+                    tracing::debug_span!("reconcile.woken", mlgw.target = %target),
+                )
+                .await;
+            },
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = sweeps => {}
+        _ = woken => {}
+        _ = stop.changed() => {}
+    }
+}
+
+async fn sweep_loop(
+    gw: &Arc<Gateway>,
+    target: &str,
+    interval: Duration,
+    resync: Option<Arc<Resync>>,
+) {
     let mut backoff: HashMap<String, Backoff> = HashMap::new();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (wakeups, mut resync) = match watched {
-        Some((w, every)) => (
-            Some(w.clone()),
-            Some(Resync {
-                every,
-                polled: HashMap::new(),
-                wakeups: w,
-            }),
-        ),
-        None => (None, None),
-    };
     loop {
-        let woken = async {
-            match &wakeups {
-                Some(w) => w.next().await,
-                None => std::future::pending().await,
-            }
-        };
-        let ids = tokio::select! {
-            _ = tick.tick() => None,
-            ids = woken => Some(ids),
-            _ = stop.changed() => return,
-        };
+        tick.tick().await;
         let started = Instant::now();
-        let work = async {
-            match ids {
-                Some(ids) => reconcile_woken(&gw, &target, ids, resync.as_mut()).await,
-                None => sweep(&gw, &target, interval, &mut backoff, resync.as_mut()).await,
-            }
-        };
-        let work = tracing::Instrument::instrument(
+        let work = sweep(gw, target, interval, &mut backoff, resync.as_ref());
+        tracing::Instrument::instrument(
             work,
             tracing::debug_span!("reconcile.sweep", mlgw.target = %target),
-        );
-        tokio::select! {
-            _ = work => {}
-            _ = stop.changed() => return,
-        }
-        crate::observability::metrics().sweep(&target, started.elapsed());
+        )
+        .await;
+        crate::observability::metrics().sweep(target, started.elapsed());
     }
 }
 
 /// The records whose objects changed, reconciled now whatever their backoff says: the event
 /// is news the backoff was waiting for.
-async fn reconcile_woken(
-    gw: &Arc<Gateway>,
-    target: &str,
-    ids: Vec<String>,
-    mut resync: Option<&mut Resync>,
-) {
-    let mut work: Vec<BoxFuture<'static, (String, crate::error::Result<()>)>> = Vec::new();
-    for id in ids {
-        let gw = gw.clone();
-        if let Ok(j) = gw.store.job(&id) {
-            if j.target != target || j.state.is_terminal() {
-                continue;
+async fn reconcile_woken(gw: &Arc<Gateway>, target: &str, ids: Vec<String>, resync: &Arc<Resync>) {
+    let work = ids.into_iter().map(|id| {
+        let (gw, r, target) = (gw.clone(), resync.clone(), target.to_string());
+        async move {
+            if !r.claim(&id, true) {
+                return;
             }
-            work.push(async move { (j.id.clone(), gw.reconcile_job(&j).await) }.boxed());
-        } else if let Ok(e) = gw.store.endpoint(&id) {
-            if e.target != target || e.state == EndpointState::Deleted {
-                continue;
+            // Read after the claim: a reconcile that just ended may have changed the record.
+            let done = if let Ok(j) = gw.store.job(&id) {
+                if j.target != target || j.state.is_terminal() {
+                    None
+                } else {
+                    Some(gw.reconcile_job(&j).await)
+                }
+            } else if let Ok(e) = gw.store.endpoint(&id) {
+                if e.target != target || e.state == EndpointState::Deleted {
+                    None
+                } else {
+                    Some(gw.reconcile_endpoint(&e).await)
+                }
+            } else {
+                None
+            };
+            if let Some(Err(e)) = done {
+                tracing::debug!(%target, %id, "reconcile after an event: {e}");
             }
-            work.push(async move { (e.id.clone(), gw.reconcile_endpoint(&e).await) }.boxed());
+            r.release(&id);
         }
-    }
-    let results: Vec<_> = futures::stream::iter(work)
+    });
+    futures::stream::iter(work)
         .buffer_unordered(PARALLEL)
-        .collect()
+        .collect::<()>()
         .await;
-    let now = Instant::now();
-    for (id, r) in results {
-        if let Some(r) = resync.as_deref_mut() {
-            r.polled.insert(id.clone(), now);
-        }
-        if let Err(e) = r {
-            tracing::debug!(%target, %id, "reconcile after an event: {e}");
-        }
-    }
 }
 
 /// A job or endpoint whose state only changes when its backend's objects do: on a watched
@@ -170,7 +234,7 @@ async fn sweep(
     target: &str,
     interval: Duration,
     backoff: &mut HashMap<String, Backoff>,
-    mut resync: Option<&mut Resync>,
+    resync: Option<&Arc<Resync>>,
 ) {
     let jobs = match gw.store.live_jobs_of(target) {
         Ok(j) => j,
@@ -194,57 +258,60 @@ async fn sweep(
         .collect();
     backoff.retain(|id, _| live.contains(id.as_str()));
     let now = Instant::now();
-    if let Some(r) = resync.as_deref_mut() {
-        r.polled.retain(|id, _| live.contains(id.as_str()));
-        r.wakeups.retain(|id| live.contains(id));
-    }
-    // A steady record whose objects the watch delivers waits for their events; any other
-    // record is polled every tick, as on a target without a watch.
-    let resync_due = |id: &str, steady: bool| match resync.as_deref() {
-        Some(r) if steady && r.wakeups.is_watched(id) => {
-            r.polled.get(id).is_none_or(|at| now - *at >= r.every)
+    // A steady record whose objects the watch delivers waits for their events, and for its
+    // resync; any other record is polled every tick, as on a target without a watch.
+    let (jobs, endpoints) = match resync {
+        None => (jobs, endpoints),
+        Some(r) => {
+            r.wakeups.retain(|id| live.contains(id));
+            let mut due = r.due.lock().unwrap_or_else(|p| p.into_inner());
+            due.retain(|id, _| live.contains(id.as_str()));
+            // A record first seen steady is due now: nothing says when it was last polled.
+            let waits = |id: &str, steady: bool| {
+                steady && due.get(id).is_some_and(|at| *at > now) && r.wakeups.is_watched(id)
+            };
+            let jobs: Vec<Job> = jobs
+                .into_iter()
+                .filter(|j| !waits(&j.id, steady_job(j)))
+                .collect();
+            let endpoints: Vec<Endpoint> = endpoints
+                .into_iter()
+                .filter(|e| !waits(&e.id, steady_endpoint(e)))
+                .collect();
+            (jobs, endpoints)
         }
-        _ => true,
     };
     let due = |id: &str| backoff.get(id).is_none_or(|b| b.next <= now);
-    let jobs: Vec<Job> = jobs
+    let records = jobs
         .into_iter()
-        .filter(|j| resync_due(&j.id, steady_job(j)))
-        .collect();
-    let endpoints: Vec<Endpoint> = endpoints
-        .into_iter()
-        .filter(|e| resync_due(&e.id, steady_endpoint(e)))
-        .collect();
-    if let Some(r) = resync {
-        for id in jobs
-            .iter()
-            .map(|j| &j.id)
-            .chain(endpoints.iter().map(|e| &e.id))
-        {
-            r.polled.insert(id.clone(), now);
+        .filter(|j| due(&j.id))
+        .map(Record::Job)
+        .chain(
+            endpoints
+                .into_iter()
+                .filter(|e| due(&e.id))
+                .map(Record::Endpoint),
+        );
+    let work = records.map(|rec| {
+        let (gw, resync) = (gw.clone(), resync.cloned());
+        async move {
+            let id = rec.id().to_string();
+            // The woken loop has it: its event is newer than this poll.
+            if let Some(r) = &resync
+                && !r.claim(&id, false)
+            {
+                return (id, Ok(()));
+            }
+            let done = match &rec {
+                Record::Job(j) => gw.reconcile_job(j).await,
+                Record::Endpoint(e) => gw.reconcile_endpoint(e).await,
+            };
+            if let Some(r) = &resync {
+                r.release(&id);
+            }
+            (id, done)
         }
-    }
-    let mut work: Vec<BoxFuture<'static, (String, crate::error::Result<()>)>> = Vec::new();
-    for j in jobs.into_iter().filter(|j| due(&j.id)) {
-        let gw = gw.clone();
-        work.push(
-            async move {
-                let r = gw.reconcile_job(&j).await;
-                (j.id, r)
-            }
-            .boxed(),
-        );
-    }
-    for e in endpoints.into_iter().filter(|e| due(&e.id)) {
-        let gw = gw.clone();
-        work.push(
-            async move {
-                let r = gw.reconcile_endpoint(&e).await;
-                (e.id, r)
-            }
-            .boxed(),
-        );
-    }
+    });
     let results: Vec<_> = futures::stream::iter(work)
         .buffer_unordered(PARALLEL)
         .collect()
@@ -264,5 +331,99 @@ async fn sweep(
                 tracing::warn!(%target, %id, retry_in = ?b.delay, "reconcile: {e}");
             }
         }
+    }
+}
+
+enum Record {
+    Job(Job),
+    Endpoint(Endpoint),
+}
+
+impl Record {
+    fn id(&self) -> &str {
+        match self {
+            Record::Job(j) => &j.id,
+            Record::Endpoint(e) => &e.id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resync(every: Duration) -> Resync {
+        Resync {
+            every,
+            due: Mutex::new(HashMap::new()),
+            wakeups: Arc::new(Wakeups::default()),
+            spread: Default::default(),
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    #[test]
+    fn records_reconciled_together_come_due_spread_over_the_second_half_of_the_resync() {
+        let r = resync(Duration::from_secs(600));
+        let now = Instant::now();
+        let offsets: Vec<Duration> = (0..1000)
+            .map(|i| r.next_due(&format!("j-{i}"), now) - now)
+            .collect();
+        assert!(
+            offsets
+                .iter()
+                .all(|o| *o >= Duration::from_secs(300) && *o < Duration::from_secs(600)),
+            "{:?} to {:?}",
+            offsets.iter().min(),
+            offsets.iter().max()
+        );
+        // Spread, not bunched: each tenth of the window holds some of them.
+        for tenth in 0..10 {
+            let (lo, hi) = (300 + 30 * tenth, 330 + 30 * tenth);
+            let n = offsets
+                .iter()
+                .filter(|o| o.as_secs() >= lo && o.as_secs() < hi)
+                .count();
+            assert!(n > 40, "{n} of 1000 due in [{lo}s, {hi}s)");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_for_a_record_being_reconciled_reconciles_it_again_after() {
+        let r = resync(Duration::from_secs(600));
+        assert!(r.claim("j-1", false), "a sweep takes a free record");
+        assert!(
+            !r.claim("j-1", true),
+            "an event waits for the running reconcile"
+        );
+        assert!(!r.claim("j-1", false), "so does another poll");
+        r.release("j-1");
+        let woken = tokio::time::timeout(Duration::from_secs(5), r.wakeups.next())
+            .await
+            .expect("the event's record is woken again once the reconcile ends");
+        assert_eq!(woken, vec!["j-1".to_string()]);
+        assert!(r.claim("j-1", true));
+        r.release("j-1");
+        // Nothing came meanwhile: no second wake-up.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), r.wakeups.next())
+                .await
+                .is_err()
+        );
+        let due = r.due.lock().unwrap()["j-1"];
+        assert!(due > Instant::now() + Duration::from_secs(299));
+    }
+
+    #[tokio::test]
+    async fn a_poll_skipped_for_a_busy_record_does_not_wake_it() {
+        let r = resync(Duration::from_secs(60));
+        assert!(r.claim("e-1", true));
+        assert!(!r.claim("e-1", false));
+        r.release("e-1");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), r.wakeups.next())
+                .await
+                .is_err()
+        );
     }
 }

@@ -12,9 +12,9 @@
 //!
 //! - **Steady state**: once every job runs, the API server's audit log (tests/cluster/up logs
 //!   the gateway's identity, and only it) counts the requests of the gateway's user over
-//!   `--kwok-window` seconds (default 120, two of the default `kube_resync_ms`, so every
-//!   running job is polled through its plugin at least once in it), with the number of status
-//!   calls the gateway made meanwhile from its own metrics.
+//!   `--kwok-window` seconds (default 120; the resync, default 10 minutes, spreads its polls of
+//!   the running jobs, so the window holds about a fifth to two fifths of them), with the
+//!   number of status calls the gateway made meanwhile from its own metrics.
 //! - **Status change → Watch event**: `--kwok-samples` jobs spread over the set, one every
 //!   `--kwok-gap-ms`, have their pod end (its status written as KWOK writes it when a fake
 //!   duration ends); from that write to the job's SUCCEEDED on the gateway's Watch of every job,

@@ -38,7 +38,7 @@ pub struct Wakeups {
 }
 
 impl Wakeups {
-    fn wake(&self, id: &str) {
+    pub fn wake(&self, id: &str) {
         self.ids
             .lock()
             .unwrap_or_else(|p| p.into_inner())
