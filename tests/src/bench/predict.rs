@@ -2,7 +2,8 @@
 //! iris model trained with the test venv's scikit-learn, deployed on the `local` target (a
 //! real MLServer), the same OIP V2 request sent (a) through the gateway's
 //! `inference.GRPCInferenceService` ModelInfer and (b) straight to that MLServer's REST
-//! `/v2/models/<name>/infer`.
+//! `/v2/models/<name>/infer`; and (c) the gateway's Predict called in-process, which splits
+//! what the gateway adds between its gRPC hop and its data plane.
 
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,8 @@ fn rest_body() -> Vec<u8> {
 pub enum Path {
     Gateway,
     Direct,
+    /// The gateway's Predict called in-process: its data plane without the gRPC hop.
+    InProcess,
 }
 
 /// A gateway serving a deployed model, and that model server's own address.
@@ -167,6 +170,7 @@ impl Deployed {
         let mut tasks = Vec::new();
         for _ in 0..clients {
             let infer_url = self.infer_url.clone();
+            let gw = self.live.gw.clone();
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
                 match path {
@@ -176,6 +180,23 @@ impl Deployed {
                         while Instant::now() < deadline {
                             let t = Instant::now();
                             c.model_infer(req.clone()).await.unwrap();
+                            lat.push(t.elapsed());
+                        }
+                    }
+                    Path::InProcess => {
+                        let req = mlgw::dataplane::InferRequest {
+                            inputs: vec![mlgw::dataplane::Tensor {
+                                name: "input-0".into(),
+                                datatype: "FP64".into(),
+                                shape: vec![ROWS.len() as i64, 4],
+                                parameters: Default::default(),
+                                data: mlgw::dataplane::TensorData::Float(flat()),
+                            }],
+                            ..Default::default()
+                        };
+                        while Instant::now() < deadline {
+                            let t = Instant::now();
+                            gw.predict(MODEL, req.clone()).await.unwrap();
                             lat.push(t.elapsed());
                         }
                     }
@@ -242,11 +263,12 @@ pub async fn run() {
         "clients", "path", "pred/s", "p50 µs", "p99 µs"
     );
     for &c in &clients {
-        let (mut direct, mut via) = (Vec::new(), Vec::new());
+        let (mut direct, mut via, mut inproc) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             for (name, path, acc) in [
                 ("direct", Path::Direct, &mut direct),
                 ("gateway", Path::Gateway, &mut via),
+                ("inproc", Path::InProcess, &mut inproc),
             ] {
                 let r = d.drive(path, c, secs).await;
                 println!(
@@ -258,14 +280,18 @@ pub async fn run() {
                 acc.push(r);
             }
         }
-        let (via, direct) = (combine(&via), combine(&direct));
+        let (via, direct, inproc) = (combine(&via), combine(&direct), combine(&inproc));
+        let added = |r: &Run| r.p50.as_micros() as i128 - direct.p50.as_micros() as i128;
         println!(
             "{c:>8} clients: gateway/direct throughput = {:.3}; p50 {} µs vs {} µs \
-             (median of rounds), added {} µs",
+             (median of rounds), added {} µs; the data plane alone (in-process Predict): \
+             {:.3}, added {} µs",
             via.rate() / direct.rate(),
             via.p50.as_micros(),
             direct.p50.as_micros(),
-            via.p50.as_micros() as i128 - direct.p50.as_micros() as i128
+            added(&via),
+            inproc.rate() / direct.rate(),
+            added(&inproc)
         );
     }
     d.stop().await;
