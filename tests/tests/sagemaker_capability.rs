@@ -846,6 +846,36 @@ async fn refused_credentials_make_the_capability_unhealthy_with_awss_reason() {
     ));
 }
 
+#[tokio::test]
+async fn a_health_probe_is_one_request_however_many_ask_while_it_runs() {
+    // An endpoint that takes each connection and closes it unanswered: a failure the AWS client
+    // counts as transient and, left to itself, retries (three attempts, with backoff).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            // Counted before it is closed, so a caller that saw the close sees the count.
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(conn);
+        }
+    });
+    let accepted = move || accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let cap = SagemakerCapability::connect_with("sm", &grant(&endpoint), credentials())
+        .await
+        .unwrap();
+    // The gateway's start-up probe and a TargetService.List arriving meanwhile.
+    let (a, b) = tokio::join!(cap.health(), cap.health());
+    let why = a.unwrap_err();
+    assert_eq!(b.unwrap_err(), why);
+    assert!(why.contains("SageMaker not reached"), "{why}");
+    assert_eq!(accepted(), 1, "one probe, one attempt");
+    // Within the answer's lifetime, asking again sends nothing.
+    assert_eq!(cap.health().await.unwrap_err(), why);
+    assert_eq!(accepted(), 1);
+}
+
 fn health_config(endpoint: &str) -> String {
     format!(
         r#"

@@ -10,7 +10,6 @@
 //! missing credentials never stop the gateway from starting: they show in the target's health.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, SdkConfig};
@@ -60,7 +59,10 @@ pub struct SagemakerCapability {
     api: aws_sdk_sagemaker::Client,
     runtime: aws_sdk_sagemakerruntime::Client,
     logs: aws_sdk_cloudwatchlogs::Client,
-    health: Mutex<Option<(Instant, Result<(), String>)>>,
+    /// The last health answer and when it was had. An async lock, held while a probe is in
+    /// flight, so whoever asks meanwhile waits for that probe's answer instead of sending one
+    /// more (the start-up probe and the first `mlgw targets` are one request).
+    health: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
 fn denied(reason: String) -> BackendError {
@@ -637,7 +639,7 @@ impl SagemakerCapability {
             api,
             runtime,
             logs,
-            health: Mutex::new(None),
+            health: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -654,14 +656,25 @@ impl SagemakerCapability {
     /// Whether the gateway can use SageMaker with its credentials: one cheap, bounded
     /// ListTrainingJobs. The reason is AWS's own (refused credentials, none found, no route).
     pub async fn health(&self) -> Result<(), String> {
-        if let Some((at, answer)) = &*self.health.lock().unwrap_or_else(|p| p.into_inner())
+        let mut last = self.health.lock().await;
+        if let Some((at, answer)) = &*last
             && at.elapsed() < HEALTH_TTL
         {
             return answer.clone();
         }
+        // One attempt: a probe reports how things are now, and the client's retries (three
+        // attempts, a second or more of backoff between them) kept every TargetService.List
+        // waiting on an unreachable endpoint. The next probe, after HEALTH_TTL, asks again.
+        let once = aws_sdk_sagemaker::config::Builder::default()
+            .retry_config(aws_sdk_sagemaker::config::retry::RetryConfig::disabled());
         let answer = match tokio::time::timeout(
             HEALTH_TIMEOUT,
-            self.api.list_training_jobs().max_results(1).send(),
+            self.api
+                .list_training_jobs()
+                .max_results(1)
+                .customize()
+                .config_override(once)
+                .send(),
         )
         .await
         {
@@ -675,8 +688,7 @@ impl SagemakerCapability {
                 HEALTH_TIMEOUT.as_secs()
             )),
         };
-        *self.health.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((Instant::now(), answer.clone()));
+        *last = Some((Instant::now(), answer.clone()));
         answer
     }
 
