@@ -252,31 +252,40 @@ impl Runtime {
             default_target: config.default_target().map(String::from),
         };
 
-        let mut plugins: BTreeMap<String, Arc<Plugin>> = BTreeMap::new();
+        // Each plugin once, in the order the targets first name it.
+        let mut names: Vec<&str> = Vec::new();
         for t in config.targets.values() {
-            if plugins.contains_key(&t.plugin) {
-                continue;
+            if !names.contains(&t.plugin.as_str()) {
+                names.push(&t.plugin);
             }
-            let bytes: std::borrow::Cow<'static, [u8]> = match config.plugins.get(&t.plugin) {
-                Some(path) => std::fs::read(path)
-                    .map_err(|e| {
-                        anyhow::anyhow!("plugin {}: reading {}: {e}", t.plugin, path.display())
-                    })?
-                    .into(),
-                None => mlgw_plugin_artifacts::bundled()
+        }
+        // Readying one plugin (compiling it, or mapping its cached artifact, then asking it to
+        // describe itself) and connecting one target's capabilities need nothing from each
+        // other; done one after another they added up to most of the start. Compiles run on
+        // blocking threads, so the capabilities connect meanwhile.
+        let (loaded, connected) = tokio::join!(
+            futures::future::join_all(names.iter().map(|n| runtime.load_plugin(
+                &linker,
+                &cache_dir,
+                n,
+                plugin_source(config, n)
+            ))),
+            futures::future::join_all(
+                config
+                    .targets
                     .iter()
-                    .find(|(n, _)| *n == t.plugin)
-                    .map(|(_, b)| std::borrow::Cow::Borrowed(*b))
-                    .ok_or_else(|| anyhow::anyhow!("plugin {} is not bundled", t.plugin))?,
-            };
-            let plugin = runtime
-                .load_plugin(&linker, &cache_dir, &t.plugin, &bytes)
-                .await?;
-            plugins.insert(t.plugin.clone(), Arc::new(plugin));
+                    .map(|(name, t)| connect_grants(config, store, name, t))
+            ),
+        );
+        // Errors in the order a sequential start met them: plugins first, then each target's
+        // grants and capabilities.
+        let mut plugins: BTreeMap<&str, Arc<Plugin>> = BTreeMap::new();
+        for (name, plugin) in names.iter().zip(loaded) {
+            plugins.insert(name, Arc::new(plugin?));
         }
 
-        for (name, t) in &config.targets {
-            let plugin = &plugins[&t.plugin];
+        for ((name, t), granted) in config.targets.iter().zip(connected) {
+            let plugin = &plugins[t.plugin.as_str()];
             // Refused here rather than at the first call, where the plugin would fail with
             // whatever error its first denied call produced.
             for need in &plugin.info.needs {
@@ -296,34 +305,21 @@ impl Runtime {
                     );
                 }
             }
-            let process = match &t.grants.process {
-                Some(g) => Some(Arc::new(ProcessCapability::new(
-                    name,
-                    &config.process_root(name, g),
-                    g,
-                    store.tree(&format!("processes/{name}"))?,
-                )?)),
-                None => None,
-            };
-            let kube = match &t.grants.kube {
-                Some(g) => Some(Arc::new(KubeCapability::connect(name, g).await?)),
-                None => None,
-            };
-            let sagemaker = match &t.grants.sagemaker {
-                Some(g) => {
-                    let cap = Arc::new(SagemakerCapability::connect(name, g).await?);
-                    // Credentials are looked at only now, in the background: missing or refused
-                    // ones never stop the gateway, they show in the target's health.
-                    let (c, target) = (cap.clone(), name.clone());
-                    tokio::spawn(async move {
-                        if let Err(why) = c.health().await {
-                            tracing::warn!(target = %target, reason = %why, "target unhealthy");
-                        }
-                    });
-                    Some(cap)
-                }
-                None => None,
-            };
+            let Granted {
+                process,
+                kube,
+                sagemaker,
+            } = granted?;
+            if let Some(cap) = &sagemaker {
+                // Credentials are looked at only now, in the background: missing or refused
+                // ones never stop the gateway, they show in the target's health.
+                let (c, target) = (cap.clone(), name.clone());
+                tokio::spawn(async move {
+                    if let Err(why) = c.health().await {
+                        tracing::warn!(target = %target, reason = %why, "target unhealthy");
+                    }
+                });
+            }
             let settings = serde_json::to_string(&t.settings)?;
             runtime.targets.insert(
                 name.clone(),
@@ -354,10 +350,30 @@ impl Runtime {
         linker: &Linker<HostState>,
         cache_dir: &Path,
         name: &str,
-        bytes: &[u8],
+        source: PluginSource,
     ) -> anyhow::Result<Plugin> {
-        let (component, digest) = cache::load_component(&self.engine, cache_dir, bytes)
-            .map_err(|e| anyhow::anyhow!("plugin {name}: {e:?}"))?;
+        // Reading, hashing and compiling are blocking work; on a blocking thread each plugin
+        // compiles while the others do.
+        let (engine, dir, plugin) = (
+            self.engine.clone(),
+            cache_dir.to_path_buf(),
+            name.to_string(),
+        );
+        let (component, digest) = tokio::task::spawn_blocking(move || {
+            let bytes = match source {
+                PluginSource::File(path) => {
+                    std::borrow::Cow::Owned(std::fs::read(&path).map_err(|e| {
+                        anyhow::anyhow!("plugin {plugin}: reading {}: {e}", path.display())
+                    })?)
+                }
+                PluginSource::Bundled(b) => std::borrow::Cow::Borrowed(b),
+                PluginSource::Missing => anyhow::bail!("plugin {plugin} is not bundled"),
+            };
+            cache::load_component(&engine, &dir, &bytes)
+                .map_err(|e| anyhow::anyhow!("plugin {plugin}: {e:?}"))
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("plugin {name}: loading: {e}"))??;
         let pre = linker.instantiate_pre(&component).map_err(|e| {
             anyhow::anyhow!("plugin {name} does not fit the mlgw:backend world: {e:?}")
         })?;
@@ -841,6 +857,70 @@ impl Runtime {
         call!(self, t, id, no_artifacts(), rev; mlgw_backend_serving.call_endpoint_route(&r))
             .and_then(|r| bindings::route_from_wit(r, self.bounds(t)))
     }
+}
+
+/// Where a plugin's component comes from.
+enum PluginSource {
+    File(std::path::PathBuf),
+    Bundled(&'static [u8]),
+    Missing,
+}
+
+/// `[plugins] name = "path"` wins over the bundled plugin of that name.
+fn plugin_source(config: &Config, name: &str) -> PluginSource {
+    match config.plugins.get(name) {
+        Some(path) => PluginSource::File(path.clone()),
+        None => mlgw_plugin_artifacts::bundled()
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(PluginSource::Missing, |(_, b)| PluginSource::Bundled(b)),
+    }
+}
+
+/// The capabilities one target is granted, connected.
+struct Granted {
+    process: Option<Arc<ProcessCapability>>,
+    kube: Option<Arc<KubeCapability>>,
+    sagemaker: Option<Arc<SagemakerCapability>>,
+}
+
+async fn connect_grants(
+    config: &Config,
+    store: &crate::store::Store,
+    name: &str,
+    t: &crate::config::TargetConfig,
+) -> anyhow::Result<Granted> {
+    let process = match &t.grants.process {
+        Some(g) => Some(Arc::new(ProcessCapability::new(
+            name,
+            &config.process_root(name, g),
+            g,
+            store.tree(&format!("processes/{name}"))?,
+        )?)),
+        None => None,
+    };
+    // Building a client reads and parses the system's root certificates: CPU work, so each
+    // client is built on a task of its own and the targets' clients are built side by side.
+    let kube = t.grants.kube.clone().map(|g| {
+        let name = name.to_string();
+        tokio::spawn(async move { KubeCapability::connect(&name, &g).await })
+    });
+    let sagemaker = t.grants.sagemaker.clone().map(|g| {
+        let name = name.to_string();
+        tokio::spawn(async move { SagemakerCapability::connect(&name, &g).await })
+    });
+    let joined = |e: tokio::task::JoinError| anyhow::anyhow!("target {name}: connecting: {e}");
+    Ok(Granted {
+        process,
+        kube: match kube {
+            Some(h) => Some(Arc::new(h.await.map_err(joined)??)),
+            None => None,
+        },
+        sagemaker: match sagemaker {
+            Some(h) => Some(Arc::new(h.await.map_err(joined)??)),
+            None => None,
+        },
+    })
 }
 
 /// One ticker for the whole engine; stores measure their deadlines against it.
