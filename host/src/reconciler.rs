@@ -69,6 +69,32 @@ struct Resync {
     /// Records being reconciled now, by either loop; true if an event came meanwhile. Two
     /// reconciles of one record at once could record an older observation after a newer one.
     inflight: Mutex<HashMap<String, bool>>,
+    /// Jobs read steady and not written since: a sweep skips them without reading them.
+    /// Reading and decoding every live job every tick was 44 % of the gateway's core with
+    /// 10,000 running jobs.
+    steady: Mutex<Steady>,
+}
+
+struct Steady {
+    ids: std::collections::HashSet<String>,
+    written: tokio::sync::broadcast::Receiver<Arc<str>>,
+}
+
+impl Steady {
+    /// Forgets every job written since the last sweep: it is read again. Writes missed (the
+    /// channel lagged) leave nothing to go by: every job is read again.
+    fn absorb(&mut self) {
+        use tokio::sync::broadcast::error::TryRecvError;
+        loop {
+            match self.written.try_recv() {
+                Ok(id) => {
+                    self.ids.remove(&*id);
+                }
+                Err(TryRecvError::Lagged(_)) => self.ids.clear(),
+                Err(TryRecvError::Empty | TryRecvError::Closed) => return,
+            }
+        }
+    }
 }
 
 impl Resync {
@@ -81,6 +107,53 @@ impl Resync {
         let half = self.every / 2;
         let jitter = self.spread.hash_one((id, now)) % (half.as_millis().max(1) as u64);
         now + half + Duration::from_millis(jitter)
+    }
+
+    /// Every live job's id, and the jobs a sweep must look at: all but those read steady,
+    /// not written since, watched and not yet due for their resync, which are not read.
+    fn live_jobs(
+        &self,
+        gw: &Gateway,
+        target: &str,
+        now: Instant,
+    ) -> Result<(Vec<String>, Vec<Job>), crate::store::StoreError> {
+        let ids = gw.store.live_job_ids_of(target)?;
+        let skip: std::collections::HashSet<&str> = {
+            let mut steady = self.steady.lock().unwrap_or_else(|p| p.into_inner());
+            steady.absorb();
+            let due = self.due.lock().unwrap_or_else(|p| p.into_inner());
+            ids.iter()
+                .map(String::as_str)
+                .filter(|id| {
+                    steady.ids.contains(*id)
+                        && due.get(*id).is_some_and(|at| *at > now)
+                        && self.wakeups.is_watched(id)
+                })
+                .collect()
+        };
+        let mut jobs = Vec::new();
+        for id in ids.iter().filter(|id| !skip.contains(id.as_str())) {
+            match gw.store.job(id) {
+                Ok(j) => jobs.push(j),
+                // Pruned or gone between the index and the read.
+                Err(crate::store::StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let live: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let mut steady = self.steady.lock().unwrap_or_else(|p| p.into_inner());
+        // A write between the read above and now is absorbed by the next sweep, which then
+        // reads that job again.
+        for j in &jobs {
+            if steady_job(j) {
+                steady.ids.insert(j.id.clone());
+            } else {
+                steady.ids.remove(&j.id);
+            }
+        }
+        steady.ids.retain(|id| live.contains(id.as_str()));
+        drop(steady);
+        Ok((ids, jobs))
     }
 
     /// Whether this caller may reconcile `id` now. A woken record already being reconciled
@@ -134,6 +207,10 @@ async fn target_loop(
             wakeups,
             spread: Default::default(),
             inflight: Mutex::new(HashMap::new()),
+            steady: Mutex::new(Steady {
+                ids: Default::default(),
+                written: gw.store.written_jobs(),
+            }),
         })
     });
     let sweeps = sweep_loop(&gw, &target, interval, resync.clone());
@@ -236,8 +313,16 @@ async fn sweep(
     backoff: &mut HashMap<String, Backoff>,
     resync: Option<&Arc<Resync>>,
 ) {
-    let jobs = match gw.store.live_jobs_of(target) {
-        Ok(j) => j,
+    let now = Instant::now();
+    let listed = match resync {
+        Some(r) => r.live_jobs(gw, target, now),
+        None => gw.store.live_jobs_of(target).map(|jobs| {
+            let ids = jobs.iter().map(|j| j.id.clone()).collect();
+            (ids, jobs)
+        }),
+    };
+    let (live_ids, jobs): (Vec<String>, Vec<Job>) = match listed {
+        Ok(l) => l,
         Err(e) => {
             tracing::error!(%target, "reconciler: listing jobs: {e}");
             return;
@@ -251,13 +336,12 @@ async fn sweep(
         }
     };
     // Records that ended (or went) need no backoff any more.
-    let live: std::collections::HashSet<&str> = jobs
+    let live: std::collections::HashSet<&str> = live_ids
         .iter()
-        .map(|j| j.id.as_str())
+        .map(String::as_str)
         .chain(endpoints.iter().map(|e| e.id.as_str()))
         .collect();
     backoff.retain(|id, _| live.contains(id.as_str()));
-    let now = Instant::now();
     // A steady record whose objects the watch delivers waits for their events, and for its
     // resync; any other record is polled every tick, as on a target without a watch.
     let (jobs, endpoints) = match resync {
@@ -359,7 +443,75 @@ mod tests {
             wakeups: Arc::new(Wakeups::default()),
             spread: Default::default(),
             inflight: Mutex::new(HashMap::new()),
+            steady: Mutex::new(Steady {
+                ids: Default::default(),
+                written: tokio::sync::broadcast::channel(16).1,
+            }),
         }
+    }
+
+    fn job(id: &str) -> Job {
+        Job {
+            id: id.into(),
+            tenant: "t".into(),
+            target: "kw".into(),
+            spec: Default::default(),
+            state: JobState::Running,
+            message: String::new(),
+            backend_state: String::new(),
+            backend_ref: Some(crate::domain::BackendRef {
+                name: "b".into(),
+                data: String::new(),
+            }),
+            output_uri: None,
+            created_at: 0,
+            updated_at: 0,
+            finished_at: None,
+            cancel_requested: false,
+            cancel_sent_at: None,
+            sequence: 1,
+            feed_sequence: 0,
+        }
+    }
+
+    #[test]
+    fn a_steady_job_written_since_it_was_read_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let mut steady = Steady {
+            ids: Default::default(),
+            written: store.written_jobs(),
+        };
+        for id in ["j-1", "j-2"] {
+            store.insert_job(job(id), None).unwrap();
+            steady.ids.insert(id.into());
+        }
+        assert_eq!(store.live_job_ids_of("kw").unwrap(), ["j-1", "j-2"]);
+        // A cancel request is no news to watchers, but the job is no longer steady.
+        store
+            .update_job("j-1", |j| {
+                j.cancel_requested = true;
+                false
+            })
+            .unwrap();
+        // A poll that changed nothing writes nothing, and forgets nothing.
+        store.update_job("j-2", |_| false).unwrap();
+        steady.absorb();
+        assert_eq!(steady.ids, ["j-2".to_string()].into());
+    }
+
+    #[test]
+    fn writes_missed_forget_every_steady_job() {
+        let (tx, rx) = tokio::sync::broadcast::channel::<Arc<str>>(2);
+        let mut steady = Steady {
+            ids: ["a".to_string(), "b".to_string()].into(),
+            written: rx,
+        };
+        for id in ["x", "y", "z"] {
+            tx.send(id.into()).unwrap();
+        }
+        steady.absorb();
+        assert!(steady.ids.is_empty());
     }
 
     #[test]

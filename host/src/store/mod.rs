@@ -79,6 +79,9 @@ pub struct Store {
     feed_order: Arc<Mutex<()>>,
     commit: Arc<commit::GroupCommit>,
     changes: broadcast::Sender<Change>,
+    /// The id of every job written, as it is written, whether watchers hear of it or not (a
+    /// cancel request is not news to them, but it is to the reconciler).
+    written: broadcast::Sender<Arc<str>>,
 }
 
 /// The index entries a job has: by target, by state, by tenant, live by target, and once it
@@ -348,6 +351,7 @@ impl Store {
             commit: Arc::new(commit),
             db,
             changes,
+            written: broadcast::channel(4096).0,
         };
         store.build_indexes()?;
         Ok(store)
@@ -399,6 +403,12 @@ impl Store {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
+    }
+
+    /// The ids of jobs written from now on (inserted or updated, news or not), each as it is
+    /// written, before it is durable: for caches of what a record holds.
+    pub fn written_jobs(&self) -> broadcast::Receiver<Arc<str>> {
+        self.written.subscribe()
     }
 
     /// A tree for a capability's own bookkeeping (e.g. the processes a target started).
@@ -538,7 +548,7 @@ impl Store {
         // Taken before the transaction (which may run `f` more than once); a change that
         // turns out not to notify leaves a gap in the feed, which readers skip.
         let feed_sequence = self.next_feed_sequence()?;
-        let (job, notify) = unwrap_tx(
+        let (job, notify, wrote) = unwrap_tx(
             (&self.jobs, &self.events, &self.index, &self.feed).transaction(
                 |(jobs, events, index, feed)| {
                     let Some(b) = jobs.get(id)? else {
@@ -551,7 +561,7 @@ impl Store {
                     let mut job = before.clone();
                     let notify = f(&mut job);
                     if !notify && job == before {
-                        return Ok((job, false));
+                        return Ok((job, false, false));
                     }
                     if notify {
                         job.feed_sequence = feed_sequence;
@@ -572,10 +582,13 @@ impl Store {
                         feed.insert(&feed_sequence.to_be_bytes()[..], event)?;
                     }
                     reindex(index, &job_index_keys(&before), &job_index_keys(&job))?;
-                    Ok((job, notify))
+                    Ok((job, notify, true))
                 },
             ),
         )?;
+        if wrote {
+            let _ = self.written.send(job.id.as_str().into());
+        }
         if notify {
             self.commit.publish(Change::Job(Box::new(job.clone())));
         }
@@ -683,6 +696,16 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// The ids of one target's jobs that have not ended: index keys only, no record read.
+    pub fn live_job_ids_of(&self, target: &str) -> Result<Vec<String>> {
+        let prefix = index_prefix(b'j', b'l', target);
+        self.index
+            .scan_prefix(&prefix)
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?[prefix.len()..]).into_owned()))
+            .collect()
     }
 
     /// The job's recorded changes with a sequence above `after`, oldest first.
