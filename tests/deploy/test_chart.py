@@ -11,8 +11,9 @@ real tools and the test control plane:
 - The chart's RBAC is sufficient and no more: a token of the chart's ServiceAccount drives the
   real gateway (``$MLGW_BIN``) on the chart's own rendered config through a kubeflow job and a
   kserve deploy, and is refused (403) what the values did not grant.
-- The image: written from the test binary (dynamically linked, so with --allow-dynamic) and read
-  back from the archive: config, layer, digests; without the flag that binary is refused.
+- The image: written from the static binary (``$MLGW_STATIC_BIN``, the musl build) and read back
+  from the archive: config, layer, digests; the dynamically linked test binary is refused. Then
+  run as a container runtime would run it, from its own unpacked layer (no cluster needed).
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
+import struct
 import subprocess
 import tarfile
 import tempfile
@@ -38,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import tomllib
 import yaml
@@ -984,20 +988,35 @@ class Archive:
     files: dict[str, bytes]  # the archive's own entries (layout JSON, blobs)
 
 
+def _static_binary() -> str:
+    path = os.environ.get("MLGW_STATIC_BIN")
+    if not path or not os.access(path, os.X_OK):
+        pytest.fail(
+            "MLGW_STATIC_BIN must name the static gateway binary (tests/run-all builds it: "
+            "cargo build -p mlgw --bin mlgw --target x86_64-unknown-linux-musl)",
+            pytrace=False,
+        )
+    return path
+
+
+PT_INTERP = 3
+
+
+def elf_program_headers(data: bytes) -> set[int]:
+    """The program header types of a little-endian ELF64 file: a dynamically linked executable
+    has PT_INTERP (its loader), a static one (static-pie included) has none."""
+    assert data[:4] == b"\x7fELF" and data[4] == 2 and data[5] == 1, "not a little-endian ELF64"
+    (phoff,) = struct.unpack_from("<Q", data, 32)
+    phentsize, phnum = struct.unpack_from("<HH", data, 54)
+    return {struct.unpack_from("<I", data, phoff + i * phentsize)[0] for i in range(phnum)}
+
+
 @pytest.fixture(scope="module")
 def image(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
+    """The image exactly as shipped: from the static binary, so without --allow-dynamic."""
     out = tmp_path_factory.mktemp("image") / "mlgw.tar"
     built = run(
-        [
-            str(IMAGE_BUILD),
-            "--binary",
-            _binary(),
-            "--out",
-            str(out),
-            "--allow-dynamic",
-            "--source",
-            SOURCE,
-        ],
+        [str(IMAGE_BUILD), "--binary", _static_binary(), "--out", str(out), "--source", SOURCE],
         timeout=600,
         env={**os.environ, "CRANE": tools.crane},
     )
@@ -1083,7 +1102,11 @@ def test_the_image_config_and_layer(image: Archive, tools: Tools) -> None:
         "var/lib/mlgw": (d, 0o700, 65532, 65532),
     }
     assert "nonroot:x:65532:65532:" in passwd
-    assert hashlib.sha256(binary).digest() == hashlib.sha256(Path(_binary()).read_bytes()).digest()
+    assert (
+        hashlib.sha256(binary).digest()
+        == hashlib.sha256(Path(_static_binary()).read_bytes()).digest()
+    )
+    assert PT_INTERP not in elf_program_headers(binary), "the image's binary names a loader"
     assert certs == Path("/etc/ssl/certs/ca-certificates.crt").read_bytes()
 
     # The Docker-format manifest beside the layout names the same blobs, and crane reads the
@@ -1118,3 +1141,151 @@ def test_the_containerfile_describes_the_same_image(image: Archive) -> None:
     assert re.search(r"chmod 0700 var/lib/mlgw\b", text)
     assert re.search(r"chown 65532:65532 home/nonroot var/lib/mlgw\b", text)
     assert "nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin" in text
+
+
+# --- the image runs ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    entrypoint: list[str]
+    user: tuple[int, int]
+    env: dict[str, str]
+    workdir: str
+    layer: bytes  # uncompressed
+
+
+def image_config(image: Archive) -> ImageConfig:
+    (desc,) = json.loads(image.files["index.json"])["manifests"]
+    manifest = json.loads(blob(image, desc["digest"]))
+    c = json.loads(blob(image, manifest["config"]["digest"]))["config"]
+    uid, gid = (int(n) for n in c["User"].split(":"))
+    (layer,) = manifest["layers"]
+    return ImageConfig(
+        entrypoint=c["Entrypoint"] + c.get("Cmd", []),
+        user=(uid, gid),
+        env=dict(e.split("=", 1) for e in c.get("Env", [])),
+        workdir=c.get("WorkingDir") or "/",
+        layer=gzip.decompress(blob(image, layer["digest"])),
+    )
+
+
+def status_fields(pid: int) -> dict[str, list[str]]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.split()
+    return fields
+
+
+def grpc_health(address: str) -> int:
+    """grpc.health.v1.Health/Check for the whole server: the status field of its answer."""
+    with grpc.insecure_channel(address) as channel:
+        # An empty HealthCheckRequest (service "") is no bytes; the answer is field 1, a varint.
+        answer = channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=10)
+    assert answer[:1] == b"\x08" and len(answer) == 2, answer
+    return answer[1]
+
+
+def test_the_image_runs_the_gateway_from_its_own_layer_as_its_user(
+    image: Archive, tmp_path: Path
+) -> None:
+    """What a container runtime does with the image, without one: the layer unpacked as the
+    root filesystem, the entrypoint run in it with the image's user, environment and working
+    directory, in new mount, PID, UTS and IPC namespaces with /proc mounted (the host's
+    network, so the test reaches it on loopback). Nothing from the host is in reach: a
+    dynamically linked binary fails to start here, its loader not being in the layer."""
+    cfg = image_config(image)
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    with tarfile.open(fileobj=io.BytesIO(cfg.layer)) as tar:
+        # Our own layer: owners and modes exactly as written (the data dir is uid 65532's).
+        tar.extractall(rootfs, numeric_owner=True, filter="fully_trusted")
+    (rootfs / "proc").mkdir()  # the runtime's mount point for /proc
+    # The entrypoint's config path, where the chart mounts its ConfigMap; the chart's data dir.
+    (rootfs / "etc/mlgw/mlgw.toml").write_text(
+        'listen = "127.0.0.1:0"\n'
+        'data_dir = "/var/lib/mlgw"\n'
+        'default_target = "local"\n'
+        "[targets.local]\n"
+        'plugin = "local"\n'
+        "[targets.local.grants.process]\n"
+    )
+    namespaces = ["--mount", "--uts", "--ipc", "--pid", "--fork", "--kill-child"]
+    if os.geteuid() == 0:
+        # A runtime's own way (runc without a user namespace): chroot, then the image's user.
+        uid, gid = cfg.user
+        who = [f"--setgid={gid}", f"--setuid={uid}"]
+    else:
+        # Unprivileged, only the caller's own uid can be mapped (to root): the user is not
+        # the image's, and is not checked below.
+        who = ["--user", "--map-root-user"]
+    unshare = shutil.which("unshare")
+    assert unshare, "unshare (util-linux) is needed to run the image without a runtime"
+    cmd = [
+        unshare,
+        *namespaces,
+        *who,
+        "--mount-proc=/proc",  # mounted inside the new root
+        f"--root={rootfs}",
+        f"--wd={cfg.workdir}",
+        "--",
+        *cfg.entrypoint,
+    ]
+    log = tmp_path / "gateway.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=cfg.env,  # the image's environment, and nothing of the host's
+            start_new_session=True,
+        )
+    try:
+
+        def listening() -> str | None:
+            if proc.poll() is not None:
+                pytest.fail(f"the image's gateway exited ({proc.returncode}):\n{log.read_text()}")
+            m = re.search(r"mlgw listening on (\S+)", log.read_text(errors="replace"))
+            return m.group(1) if m else None
+
+        address = wait_for("the image's gateway to listen", listening, START_TIMEOUT)
+        # unshare --fork's one child is the entrypoint.
+        (pid,) = (
+            int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        )
+        assert os.readlink(f"/proc/{pid}/root") == str(rootfs)
+        assert os.readlink(f"/proc/{pid}/exe") == str(rootfs / "usr/local/bin/mlgw")
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert not re.search(r"\.so(\.\d+)*$", maps, re.M), "a shared library is mapped"
+        status = status_fields(pid)
+        assert status["NSpid"][-1] == "1"  # PID 1 in its namespace, as in a pod
+        if os.geteuid() == 0:
+            uid, gid = cfg.user
+            assert status["Uid"] == [str(uid)] * 4 and status["Gid"] == [str(gid)] * 4, status
+            assert status["Groups"] == []
+            assert int(status["CapEff"][0], 16) == 0
+            # Its store, written as that user in the image's data dir.
+            written = [p for p in (rootfs / "var/lib/mlgw").rglob("*") if p.is_file()]
+            assert written and {p.stat().st_uid for p in written} == {uid}, written
+
+        assert grpc_health(address) == 1  # SERVING
+        # The host's test binary as the client: the bundled plugin was compiled and
+        # instantiated by the image's binary.
+        listed = ok([_binary(), "targets", "--server", address, "-o", "json"], timeout=60)
+        (target,) = json.loads(listed)
+        assert (target["name"], target["plugin"], target["health"]) == (
+            "local",
+            "local",
+            "healthy",
+        ), target
+
+        # How a kubelet stops it: SIGTERM to the container's PID 1, which must end cleanly.
+        os.kill(pid, signal.SIGTERM)
+        wait_for("the image's gateway to stop", lambda: proc.poll() is not None, 30)
+        assert proc.returncode == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # --kill-child takes the gateway with it
+            proc.wait(timeout=10)
