@@ -444,6 +444,28 @@ fn denial_in(e: &reqwest::Error) -> Option<Denial> {
     None
 }
 
+/// A request that failed on its way, not by timing out, not while connecting, not refused by
+/// the policy: what a pooled connection the server closed or reset under the request gives
+/// (model servers close idle connections — uvicorn, under MLServer and KServe's Python
+/// servers, after 5 s — and a request can meet the close).
+fn met_a_closing_connection(e: &reqwest::Error) -> bool {
+    e.is_request() && !e.is_timeout() && !e.is_connect() && denial_in(e).is_none()
+}
+
+/// Sends, and once more on a fresh connection if the first attempt met a closing one. An
+/// inference request only reads the model: sending it twice changes nothing, and failing it
+/// for the pool's bad luck would hand the caller a spurious UNAVAILABLE.
+async fn send(req: reqwest::RequestBuilder) -> Result<reqwest::Response, reqwest::Error> {
+    let again = req.try_clone();
+    match req.send().await {
+        Err(e) if met_a_closing_connection(&e) => match again {
+            Some(r) => r.send().await,
+            None => Err(e),
+        },
+        other => other,
+    }
+}
+
 impl DataPlane {
     /// One client per target, bound to the target's route policy.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
@@ -628,13 +650,14 @@ impl DataPlane {
             return Ok(());
         };
         let plane = self.plane(&route.target).map_err(|d| d.to_string())?;
-        let sent = plane
-            .http
-            .get(ready_url.clone())
-            .headers(headers.clone())
-            .timeout(plane.policy.probe_timeout)
-            .send()
-            .await;
+        let sent = send(
+            plane
+                .http
+                .get(ready_url.clone())
+                .headers(headers.clone())
+                .timeout(plane.policy.probe_timeout),
+        )
+        .await;
         let resp = match sent {
             Ok(r) => r,
             Err(e) => {
@@ -675,20 +698,21 @@ impl DataPlane {
             return Ok(None);
         };
         let plane = self.plane(&route.target)?;
-        let resp = plane
-            .http
-            .get(model_url.clone())
-            .headers(headers.clone())
-            .timeout(plane.policy.request_timeout)
-            .send()
-            .await
-            .map_err(|e| match denial_in(&e) {
-                Some(d) => d.into(),
-                None => DataPlaneError::Unreachable {
-                    url: route.url.clone(),
-                    message: chain(&e.without_url()),
-                },
-            })?;
+        let resp = send(
+            plane
+                .http
+                .get(model_url.clone())
+                .headers(headers.clone())
+                .timeout(plane.policy.request_timeout),
+        )
+        .await
+        .map_err(|e| match denial_in(&e) {
+            Some(d) => d.into(),
+            None => DataPlaneError::Unreachable {
+                url: route.url.clone(),
+                message: chain(&e.without_url()),
+            },
+        })?;
         let status = resp.status().as_u16();
         let bytes = Self::read_capped(plane, route, resp).await?;
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
@@ -721,14 +745,15 @@ impl DataPlane {
         };
         let body = request_json(&req)?;
         let plane = self.plane(&route.target)?;
-        let sent = plane
-            .http
-            .post(infer_url.clone())
-            .headers(headers.clone())
-            .timeout(plane.policy.request_timeout)
-            .json(&body)
-            .send()
-            .await;
+        let sent = send(
+            plane
+                .http
+                .post(infer_url.clone())
+                .headers(headers.clone())
+                .timeout(plane.policy.request_timeout)
+                .json(&body),
+        )
+        .await;
         let resp = match sent {
             Ok(r) => r,
             Err(e) => {
@@ -1059,6 +1084,79 @@ mod route_tests {
             .check("other", &route("http://10.0.0.1/", "m"))
             .unwrap_err();
         assert_eq!(e.target, "other");
+    }
+
+    /// A test double for a fault no real server here causes on demand: a server that answers
+    /// the first request on each connection, keeps it open, and resets it when a second
+    /// request arrives — a pooled connection closed under the request, as happens when a
+    /// request meets a model server's keep-alive timeout.
+    fn resetting_server() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let resets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = resets.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let (mut c, resets) = (conn.unwrap(), counted.clone());
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 65536];
+                    let mut answered = false;
+                    loop {
+                        let n = match c.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        // Headers and the small JSON body arrive together here: one read
+                        // is one request.
+                        let _ = n;
+                        if answered {
+                            // SO_LINGER 0: close() sends RST.
+                            let s = socket2::SockRef::from(&c);
+                            let _ = s.set_linger(Some(Duration::ZERO));
+                            resets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            return;
+                        }
+                        let body = r#"{"model_name":"m","outputs":[{"name":"y","datatype":"INT64","shape":[1],"data":[7]}]}"#;
+                        let _ = write!(
+                            c,
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        answered = true;
+                    }
+                });
+            }
+        });
+        (addr, resets)
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_reset_under_a_prediction_is_retried_once_on_a_fresh_one() {
+        let (addr, resets) = resetting_server();
+        let dp = plane(r#"cidrs = ["127.0.0.0/8"]"#);
+        let c = dp
+            .check("t", &route(&format!("http://{addr}/"), "m"))
+            .unwrap();
+        let req = InferRequest {
+            inputs: vec![Tensor {
+                name: "x".into(),
+                datatype: "FP64".into(),
+                shape: vec![1],
+                parameters: BTreeMap::new(),
+                data: TensorData::Float(vec![1.0]),
+            }],
+            ..Default::default()
+        };
+        for i in 0..3 {
+            let out = dp
+                .infer("e", &c, req.clone())
+                .await
+                .unwrap_or_else(|e| panic!("prediction {i}: {e}"));
+            assert_eq!(out.outputs[0].data, TensorData::Int(vec![7]));
+        }
+        // The second and third each met a reset connection, and went again on a new one.
+        assert_eq!(resets.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     /// A name is checked again after DNS: "localhost" resolves to loopback, which this
