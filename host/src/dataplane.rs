@@ -1032,6 +1032,20 @@ mod route_tests {
         DataPlane::new(&cfg).unwrap()
     }
 
+    /// A request of one FP64 number.
+    fn one_number() -> InferRequest {
+        InferRequest {
+            inputs: vec![Tensor {
+                name: "x".into(),
+                datatype: "FP64".into(),
+                shape: vec![1],
+                parameters: BTreeMap::new(),
+                data: TensorData::Float(vec![1.0]),
+            }],
+            ..Default::default()
+        }
+    }
+
     fn route(url: &str, model: &str) -> Route {
         Route {
             url: url.into(),
@@ -1138,16 +1152,7 @@ mod route_tests {
         let c = dp
             .check("t", &route(&format!("http://{addr}/"), "m"))
             .unwrap();
-        let req = InferRequest {
-            inputs: vec![Tensor {
-                name: "x".into(),
-                datatype: "FP64".into(),
-                shape: vec![1],
-                parameters: BTreeMap::new(),
-                data: TensorData::Float(vec![1.0]),
-            }],
-            ..Default::default()
-        };
+        let req = one_number();
         for i in 0..3 {
             let out = dp
                 .infer("e", &c, req.clone())
@@ -1171,16 +1176,7 @@ mod route_tests {
             why.contains("route refused") && why.contains("resolves to 127.0.0.1"),
             "{why}"
         );
-        let req = InferRequest {
-            inputs: vec![Tensor {
-                name: "x".into(),
-                datatype: "FP64".into(),
-                shape: vec![1],
-                parameters: BTreeMap::new(),
-                data: TensorData::Float(vec![1.0]),
-            }],
-            ..Default::default()
-        };
+        let req = one_number();
         let e = dp.infer("e", &c, req).await.unwrap_err();
         assert!(matches!(e, DataPlaneError::RouteDenied(_)), "{e}");
     }

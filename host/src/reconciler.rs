@@ -450,28 +450,16 @@ mod tests {
         }
     }
 
+    /// A running job of target `kw` with a backend.
     fn job(id: &str) -> Job {
-        Job {
-            id: id.into(),
-            tenant: "t".into(),
-            target: "kw".into(),
-            spec: Default::default(),
-            state: JobState::Running,
-            message: String::new(),
-            backend_state: String::new(),
-            backend_ref: Some(crate::domain::BackendRef {
-                name: "b".into(),
-                data: String::new(),
-            }),
-            output_uri: None,
-            created_at: 0,
-            updated_at: 0,
-            finished_at: None,
-            cancel_requested: false,
-            cancel_sent_at: None,
-            sequence: 1,
-            feed_sequence: 0,
-        }
+        let mut j = crate::store::test_job(id);
+        j.target = "kw".into();
+        j.state = JobState::Running;
+        j.backend_ref = Some(crate::domain::BackendRef {
+            name: "b".into(),
+            data: String::new(),
+        });
+        j
     }
 
     #[test]

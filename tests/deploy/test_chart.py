@@ -678,15 +678,20 @@ def test_default_values_install_and_the_pod_runs_under_restricted_pod_security(
 # --- RBAC: sufficient, and no more ---------------------------------------------------------
 
 
-def _binary() -> str:
-    path = os.environ.get("MLGW_BIN")
+def _executable(variable: str, what: str) -> str:
+    """The executable an environment variable names, or the test fails saying where it comes
+    from."""
+    path = os.environ.get(variable)
     if not path or not os.access(path, os.X_OK):
-        pytest.fail(
-            "MLGW_BIN must name the gateway binary (tests/run-all sets it to "
-            "$CARGO_TARGET_DIR/debug/mlgw-under-test)",
-            pytrace=False,
-        )
+        pytest.fail(f"{variable} must name {what}", pytrace=False)
     return path
+
+
+def _binary() -> str:
+    return _executable(
+        "MLGW_BIN",
+        "the gateway binary (tests/run-all sets it to $CARGO_TARGET_DIR/debug/mlgw-under-test)",
+    )
 
 
 @dataclass
@@ -989,14 +994,11 @@ class Archive:
 
 
 def _static_binary() -> str:
-    path = os.environ.get("MLGW_STATIC_BIN")
-    if not path or not os.access(path, os.X_OK):
-        pytest.fail(
-            "MLGW_STATIC_BIN must name the static gateway binary (tests/run-all builds it: "
-            "cargo build -p mlgw --bin mlgw --target x86_64-unknown-linux-musl)",
-            pytrace=False,
-        )
-    return path
+    return _executable(
+        "MLGW_STATIC_BIN",
+        "the static gateway binary (tests/run-all builds it: "
+        "cargo build -p mlgw --bin mlgw --target x86_64-unknown-linux-musl)",
+    )
 
 
 PT_INTERP = 3

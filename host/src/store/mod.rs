@@ -1142,30 +1142,37 @@ pub fn is_live(state: JobState) -> bool {
     !state.is_terminal()
 }
 
+/// A pending job of the `local` target, for tests here and elsewhere in the crate.
+#[cfg(test)]
+pub(crate) fn test_job(id: &str) -> Job {
+    use crate::domain::{TrainingSpec, now_ms};
+    Job {
+        id: id.into(),
+        tenant: "t".into(),
+        target: "local".into(),
+        spec: TrainingSpec::default(),
+        state: JobState::Pending,
+        message: String::new(),
+        backend_state: String::new(),
+        backend_ref: None,
+        output_uri: None,
+        created_at: now_ms(),
+        updated_at: now_ms(),
+        finished_at: None,
+        cancel_requested: false,
+        cancel_sent_at: None,
+        sequence: 1,
+        feed_sequence: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::{TrainingSpec, now_ms};
 
     fn job(id: &str) -> Job {
-        Job {
-            id: id.into(),
-            tenant: "t".into(),
-            target: "local".into(),
-            spec: TrainingSpec::default(),
-            state: JobState::Pending,
-            message: String::new(),
-            backend_state: String::new(),
-            backend_ref: None,
-            output_uri: None,
-            created_at: now_ms(),
-            updated_at: now_ms(),
-            finished_at: None,
-            cancel_requested: false,
-            cancel_sent_at: None,
-            sequence: 1,
-            feed_sequence: 0,
-        }
+        test_job(id)
     }
 
     #[test]
