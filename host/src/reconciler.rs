@@ -109,6 +109,13 @@ impl Resync {
         now + half + Duration::from_millis(jitter)
     }
 
+    /// Whether a record, steady as far as the caller knows, waits for its events (and its
+    /// resync) instead of being polled now. A record first seen steady is due now: nothing
+    /// says when it was last polled.
+    fn waits(&self, due: &HashMap<String, Instant>, id: &str, steady: bool, now: Instant) -> bool {
+        steady && due.get(id).is_some_and(|at| *at > now) && self.wakeups.is_watched(id)
+    }
+
     /// Every live job's id, and the jobs a sweep must look at: all but those read steady,
     /// not written since, watched and not yet due for their resync, which are not read.
     fn live_jobs(
@@ -124,11 +131,7 @@ impl Resync {
             let due = self.due.lock().unwrap_or_else(|p| p.into_inner());
             ids.iter()
                 .map(String::as_str)
-                .filter(|id| {
-                    steady.ids.contains(*id)
-                        && due.get(*id).is_some_and(|at| *at > now)
-                        && self.wakeups.is_watched(id)
-                })
+                .filter(|id| self.waits(&due, id, steady.ids.contains(*id), now))
                 .collect()
         };
         let mut jobs = Vec::new();
@@ -140,7 +143,6 @@ impl Resync {
                 Err(e) => return Err(e),
             }
         }
-        let live: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
         let mut steady = self.steady.lock().unwrap_or_else(|p| p.into_inner());
         // A write between the read above and now is absorbed by the next sweep, which then
         // reads that job again.
@@ -151,7 +153,6 @@ impl Resync {
                 steady.ids.remove(&j.id);
             }
         }
-        steady.ids.retain(|id| live.contains(id.as_str()));
         drop(steady);
         Ok((ids, jobs))
     }
@@ -347,13 +348,16 @@ async fn sweep(
     let (jobs, endpoints) = match resync {
         None => (jobs, endpoints),
         Some(r) => {
+            // Records that ended (or went) are forgotten by each of the resync's sets.
             r.wakeups.retain(|id| live.contains(id));
+            r.steady
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .ids
+                .retain(|id| live.contains(id.as_str()));
             let mut due = r.due.lock().unwrap_or_else(|p| p.into_inner());
             due.retain(|id, _| live.contains(id.as_str()));
-            // A record first seen steady is due now: nothing says when it was last polled.
-            let waits = |id: &str, steady: bool| {
-                steady && due.get(id).is_some_and(|at| *at > now) && r.wakeups.is_watched(id)
-            };
+            let waits = |id: &str, steady: bool| r.waits(&due, id, steady, now);
             let jobs: Vec<Job> = jobs
                 .into_iter()
                 .filter(|j| !waits(&j.id, steady_job(j)))
