@@ -249,6 +249,25 @@ async fn follow_streams_log_lines_as_they_are_written() {
     );
 }
 
+/// Long lines (a JSON dump per step, a wide table) add up to pages past what the gateway takes
+/// from a plugin in one answer; the target must page them by size, not fail the whole log.
+#[tokio::test]
+async fn a_log_of_long_lines_comes_through_whole() {
+    let (_d, gw) = gateway().await;
+    let mut c = gw.training().await;
+    let script = "for i in range(200):\n    print(str(i) + 'x' * 40000)\n";
+    let job = submit(&mut c, "local", spec(&[&python(), "-c", script]))
+        .await
+        .unwrap();
+    let done = wait_job(&mut c, &job.id, JOB_TIMEOUT).await;
+    assert_eq!(state(&done), pb::JobState::Succeeded, "{}", done.message);
+    let lines = logs(&mut c, &job.id, false).await;
+    assert_eq!(lines.len(), 200, "8 MB of log, every line");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(*l, format!("{i}{}", "x".repeat(40000)), "line {i}");
+    }
+}
+
 /// The reconciler retries pending jobs that have no backend ref yet; it must never hand a job
 /// to its backend while Submit is still doing so, or the job runs twice (or the second hand-over
 /// trips over the first's files). A reconciler ticking every millisecond makes the overlap

@@ -12,6 +12,11 @@ pub const MAX_LINES_CAP: u32 = 10_000;
 /// What `max-lines = 0` means: zero would page forever without making progress.
 pub const DEFAULT_MAX_LINES: u32 = 1_000;
 
+/// At most this much of the file is read per page: the supervisor cuts lines at 64 KiB, so a
+/// page of long lines would otherwise reach `max-lines` × 64 KiB, past what the host takes
+/// from a plugin in one answer (4 MiB by default), and the log could not be read at all.
+pub const MAX_PAGE_BYTES: usize = 1 << 20;
+
 const READ_CHUNK: usize = 64 * 1024;
 
 pub fn parse_cursor(cursor: Option<&str>) -> Result<u64, BackendError> {
@@ -67,6 +72,8 @@ pub struct Page {
 /// Splits `data` (the file's bytes from `offset` on) into at most `max_lines` lines.
 /// `at_eof` says `data` reaches the end of the file; only then, and only once the process has
 /// `ended`, is an unterminated last line returned: before that it may still be growing.
+/// A whole page of bytes with no line end (something other than the supervisor wrote the
+/// file) is returned as one line, so paging always moves on.
 pub fn split_page(
     data: &[u8],
     offset: u64,
@@ -83,7 +90,7 @@ pub fn split_page(
                 lines.push(parse_line(&data[pos..pos + nl]));
                 pos += nl + 1;
             }
-            None if ended && at_eof => {
+            None if (ended && at_eof) || (pos == 0 && data.len() >= MAX_PAGE_BYTES) => {
                 lines.push(parse_line(&data[pos..]));
                 pos = data.len();
             }
@@ -140,7 +147,7 @@ pub fn read_page(
     }
     file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
     let available = file_len - offset;
-    let mut reader = file.take(available);
+    let mut reader = file.take(available.min(MAX_PAGE_BYTES as u64));
     let mut data = Vec::new();
     let mut newlines = 0;
     let mut chunk = vec![0u8; READ_CHUNK];
@@ -151,7 +158,7 @@ pub fn read_page(
         }
         newlines += chunk[..n].iter().filter(|&&b| b == b'\n').count();
         data.extend_from_slice(&chunk[..n]);
-        if newlines >= max_lines {
+        if newlines >= max_lines || data.len() >= MAX_PAGE_BYTES {
             break;
         }
     }
@@ -309,6 +316,53 @@ mod tests {
             p.next,
             "0 stdout line 0\n1 stdout line 1\n2 stdout line 2\n".len() as u64
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Pages through `path` from the start with `max_lines`, checking each page's size.
+    fn read_all(path: &Path, max_lines: usize) -> (Vec<LogLine>, usize) {
+        let (mut cursor, mut all, mut pages) = (0, Vec::new(), 0);
+        loop {
+            let p = read_page(path, cursor, max_lines, true).unwrap();
+            let bytes: usize = p.lines.iter().map(|l| l.text.len()).sum();
+            assert!(bytes <= MAX_PAGE_BYTES, "a page of {bytes} bytes");
+            assert!(p.next > cursor || p.complete, "paging stalled at {cursor}");
+            all.extend(p.lines);
+            cursor = p.next;
+            pages += 1;
+            if p.complete {
+                return (all, pages);
+            }
+        }
+    }
+
+    #[test]
+    fn pages_of_long_lines_are_bounded_in_bytes() {
+        let dir = std::env::temp_dir().join(format!("mlgw-local-widelog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("logs.txt");
+        // 100 lines as long as the supervisor writes them: 6 MiB in all.
+        let text = "x".repeat(64 * 1024 - 20);
+        let body: String = (0..100).map(|i| format!("{i} stdout {text}\n")).collect();
+        std::fs::write(&path, &body).unwrap();
+        let (lines, pages) = read_all(&path, 10_000);
+        assert_eq!(lines.len(), 100, "every line, each whole");
+        assert!(lines.iter().all(|l| l.text == text));
+        assert!(pages >= 6, "6 MiB in pages of at most 1 MiB, not {pages}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_without_line_ends_is_still_read_through() {
+        let dir = std::env::temp_dir().join(format!("mlgw-local-endless-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("logs.txt");
+        let body = "y".repeat(3 * MAX_PAGE_BYTES + 5);
+        std::fs::write(&path, &body).unwrap();
+        let (lines, pages) = read_all(&path, 10);
+        let text: String = lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(text, body, "every byte, in order");
+        assert_eq!(pages, 4);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
