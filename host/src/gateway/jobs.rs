@@ -3,6 +3,7 @@
 use std::pin::Pin;
 
 use futures::Stream;
+use tracing::Instrument;
 
 use super::{DEFAULT_TENANT, Gateway, Start};
 use crate::artifacts::{ArtifactError, ArtifactKind};
@@ -14,7 +15,7 @@ use crate::runtime::{BackendFailure, PluginError, Target};
 use crate::store::{Change, Inserted, JobIndex, new_id};
 
 /// Lines fetched from a backend per call.
-const LOG_PAGE: u32 = 500;
+const LOG_PAGE: u32 = 2000;
 /// How long a cancel may take before the backend is asked again: longer than any grace
 /// period a target gives a job to stop (the local target's is 5 s).
 const CANCEL_RESEND_MS: u64 = 15_000;
@@ -381,45 +382,87 @@ impl Gateway {
         // Backends hand out one cursor per page; clients want to resume after any line, so
         // each line's cursor is the page's start cursor plus how many of its lines to skip.
         let start = cursor.as_deref().map(LineCursor::parse).transpose()?;
+        // Pages are read one ahead, on a task of their own: the plugin reads the next page
+        // while this one is encoded and sent, instead of the two taking turns. The task ends
+        // when the stream is dropped.
+        let (pages, mut next) = tokio::sync::mpsc::channel::<Result<Fetched>>(1);
+        let (cursor, skip) = match start {
+            Some(c) => (c.page, c.skip),
+            None => (None, 0),
+        };
+        tokio::spawn(
+            async move {
+                if let Err(e) = gw
+                    .read_log_pages(&t, &id, follow, cursor, skip, &pages)
+                    .await
+                {
+                    let _ = pages.send(Err(e)).await;
+                }
+            }
+            .instrument(tracing::Span::current()),
+        );
         Ok(Box::pin(async_stream::try_stream! {
-            let (mut cursor, mut skip) = match start {
-                Some(c) => (c.page, c.skip),
-                None => (None, 0),
-            };
-            loop {
-                let job = gw.store.job(&id)?;
-                let Some(r) = job.backend_ref.clone() else {
-                    if job.state.is_terminal() || !follow {
-                        return;
-                    }
-                    tokio::time::sleep(gw.log_poll).await;
-                    continue;
-                };
-                let page = gw
-                    .runtime
-                    .training_logs(&t, &id, &r, cursor.as_deref(), LOG_PAGE)
-                    .await?;
+            while let Some(fetched) = next.recv().await {
+                let Fetched { start, skip, page } = fetched?;
                 let n = page.lines.len();
                 for (i, line) in page.lines.into_iter().enumerate().skip(skip) {
-                    let after = if i + 1 == n {
-                        LineCursor { page: Some(page.next_cursor.clone()), skip: 0 }
+                    let cursor = if i + 1 == n {
+                        LineCursor::encode_at(0, Some(&page.next_cursor))
                     } else {
-                        LineCursor { page: cursor.clone(), skip: i + 1 }
+                        LineCursor::encode_at(i + 1, start.as_deref())
                     };
-                    yield LogItem { line, cursor: after.encode() };
-                }
-                skip = 0;
-                cursor = Some(page.next_cursor);
-                // Without follow, read until a page brings nothing new: a short page is no
-                // end, since the host cuts pages by size and a backend by its own limits.
-                if page.complete || (!follow && n == 0) {
-                    return;
-                }
-                if n == 0 {
-                    tokio::time::sleep(gw.log_poll).await;
+                    yield LogItem { line, cursor };
                 }
             }
         }))
+    }
+
+    /// Reads a job's log pages from `cursor` on into `pages`, until the log is complete (or,
+    /// without `follow`, until a page brings nothing new) or nobody reads `pages` any more.
+    async fn read_log_pages(
+        &self,
+        t: &Target,
+        id: &str,
+        follow: bool,
+        mut cursor: Option<String>,
+        mut skip: usize,
+        pages: &tokio::sync::mpsc::Sender<Result<Fetched>>,
+    ) -> Result<()> {
+        while !pages.is_closed() {
+            let job = self.store.job(id)?;
+            let Some(r) = job.backend_ref.clone() else {
+                if job.state.is_terminal() || !follow {
+                    return Ok(());
+                }
+                tokio::time::sleep(self.log_poll).await;
+                continue;
+            };
+            let page = self
+                .runtime
+                .training_logs(t, id, &r, cursor.as_deref(), LOG_PAGE)
+                .await?;
+            let (n, complete) = (page.lines.len(), page.complete);
+            let next_cursor = page.next_cursor.clone();
+            let fetched = Fetched {
+                start: cursor,
+                skip,
+                page,
+            };
+            if pages.send(Ok(fetched)).await.is_err() {
+                return Ok(());
+            }
+            skip = 0;
+            cursor = Some(next_cursor);
+            // Without follow, read until a page brings nothing new: a short page is no end,
+            // since the host cuts pages by size and a backend by its own limits.
+            if complete || (!follow && n == 0) {
+                return Ok(());
+            }
+            if n == 0 {
+                tokio::time::sleep(self.log_poll).await;
+            }
+        }
+        Ok(())
     }
 
     /// The job's code must be a directory artifact of this gateway's store, and one its
@@ -610,6 +653,14 @@ impl Gateway {
     }
 }
 
+/// A page of log lines as read, with the cursor it was read from and how many of its lines
+/// the reader has already seen.
+struct Fetched {
+    start: Option<String>,
+    skip: usize,
+    page: crate::domain::LogPage,
+}
+
 /// A resume point after one log line: the backend cursor of the page holding the line and
 /// how many of that page's lines were already delivered. Encoded as `<skip>.<page cursor>`
 /// (an empty page cursor is the start of the log).
@@ -620,8 +671,14 @@ struct LineCursor {
 }
 
 impl LineCursor {
+    #[cfg(test)]
     fn encode(&self) -> String {
-        format!("{}.{}", self.skip, self.page.as_deref().unwrap_or(""))
+        Self::encode_at(self.skip, self.page.as_deref())
+    }
+
+    /// The cursor after `skip` lines of the page read from `page`.
+    fn encode_at(skip: usize, page: Option<&str>) -> String {
+        format!("{skip}.{}", page.unwrap_or(""))
     }
 
     fn parse(s: &str) -> Result<Self> {
