@@ -280,16 +280,7 @@ mod tests {
         assert!(read_page(&path, 0, 10, true).unwrap().complete);
 
         std::fs::write(&path, LOG).unwrap();
-        let mut cursor = 0;
-        let mut all = Vec::new();
-        loop {
-            let p = read_page(&path, cursor, 2, true).unwrap();
-            all.extend(p.lines);
-            cursor = p.next;
-            if p.complete {
-                break;
-            }
-        }
+        let (all, _, cursor) = read_all(&path, 2);
         assert_eq!(all.len(), 4);
         assert_eq!(cursor, LOG.len() as u64);
 
@@ -319,8 +310,9 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Pages through `path` from the start with `max_lines`, checking each page's size.
-    fn read_all(path: &Path, max_lines: usize) -> (Vec<LogLine>, usize) {
+    /// Pages through `path` from the start with `max_lines`, checking each page's size: the
+    /// lines, how many pages they took and the cursor after the last.
+    fn read_all(path: &Path, max_lines: usize) -> (Vec<LogLine>, usize, u64) {
         let (mut cursor, mut all, mut pages) = (0, Vec::new(), 0);
         loop {
             let p = read_page(path, cursor, max_lines, true).unwrap();
@@ -331,7 +323,7 @@ mod tests {
             cursor = p.next;
             pages += 1;
             if p.complete {
-                return (all, pages);
+                return (all, pages, cursor);
             }
         }
     }
@@ -345,7 +337,7 @@ mod tests {
         let text = "x".repeat(64 * 1024 - 20);
         let body: String = (0..100).map(|i| format!("{i} stdout {text}\n")).collect();
         std::fs::write(&path, &body).unwrap();
-        let (lines, pages) = read_all(&path, 10_000);
+        let (lines, pages, _) = read_all(&path, 10_000);
         assert_eq!(lines.len(), 100, "every line, each whole");
         assert!(lines.iter().all(|l| l.text == text));
         assert!(pages >= 6, "6 MiB in pages of at most 1 MiB, not {pages}");
@@ -359,7 +351,7 @@ mod tests {
         let path = dir.join("logs.txt");
         let body = "y".repeat(3 * MAX_PAGE_BYTES + 5);
         std::fs::write(&path, &body).unwrap();
-        let (lines, pages) = read_all(&path, 10);
+        let (lines, pages, _) = read_all(&path, 10);
         let text: String = lines.iter().map(|l| l.text.as_str()).collect();
         assert_eq!(text, body, "every byte, in order");
         assert_eq!(pages, 4);
