@@ -466,8 +466,8 @@ mod tests {
         j
     }
 
-    #[test]
-    fn a_steady_job_written_since_it_was_read_is_read_again() {
+    #[tokio::test]
+    async fn a_steady_job_written_since_it_was_read_is_read_again() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(dir.path()).unwrap();
         let mut steady = Steady {
@@ -475,9 +475,11 @@ mod tests {
             written: store.written_jobs(),
         };
         for id in ["j-1", "j-2"] {
-            store.insert_job(job(id), None).unwrap();
-            steady.ids.insert(id.into());
+            store.insert_job(job(id), None).await.unwrap();
         }
+        // Read after they were written: steady from here.
+        steady.absorb();
+        steady.ids.extend(["j-1".into(), "j-2".into()]);
         assert_eq!(store.live_job_ids_of("kw").unwrap(), ["j-1", "j-2"]);
         // A cancel request is no news to watchers, but the job is no longer steady.
         store
@@ -485,9 +487,10 @@ mod tests {
                 j.cancel_requested = true;
                 false
             })
+            .await
             .unwrap();
         // A poll that changed nothing writes nothing, and forgets nothing.
-        store.update_job("j-2", |_| false).unwrap();
+        store.update_job("j-2", |_| false).await.unwrap();
         steady.absorb();
         assert_eq!(steady.ids, ["j-2".to_string()].into());
     }
@@ -506,8 +509,8 @@ mod tests {
         assert!(steady.ids.is_empty());
     }
 
-    #[test]
-    fn records_reconciled_together_come_due_spread_over_the_second_half_of_the_resync() {
+    #[tokio::test]
+    async fn records_reconciled_together_come_due_spread_over_the_second_half_of_the_resync() {
         let r = resync(Duration::from_secs(600));
         let now = Instant::now();
         let offsets: Vec<Duration> = (0..1000)

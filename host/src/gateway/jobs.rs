@@ -137,12 +137,15 @@ impl Gateway {
             sequence: 1,
             feed_sequence: 0,
         };
-        let job = match self.store.insert_job(job, idempotency_key.as_deref())? {
+        // Durable before anything runs: a crash from here on is recovered by the reconciler.
+        let job = match self
+            .store
+            .insert_job(job, idempotency_key.as_deref())
+            .await?
+        {
             Inserted::Existing(j) => return Ok(j),
             Inserted::Created(j) => j,
         };
-        // Durable before anything runs: a crash from here on is recovered by the reconciler.
-        self.store.flush().await?;
         Ok(self.start_claimed(&t, &job).await?.record())
     }
 
@@ -165,11 +168,14 @@ impl Gateway {
         }
         match self.runtime.submit_training(t, &job.id, &job.spec).await {
             Ok(r) => {
-                let job = self.store.update_job(&job.id, |j| {
-                    j.backend_state = format!("submitted as {}", r.name);
-                    j.backend_ref = Some(r.clone());
-                    false
-                })?;
+                let job = self
+                    .store
+                    .update_job(&job.id, |j| {
+                        j.backend_state = format!("submitted as {}", r.name);
+                        j.backend_ref = Some(r.clone());
+                        false
+                    })
+                    .await?;
                 // Cancelled while it was being handed over: stop what just started.
                 if job.cancel_requested
                     && let Err(e) = self.runtime.cancel_training(t, &job.id, &r).await
@@ -179,21 +185,26 @@ impl Gateway {
                 Ok(Start::Done(job))
             }
             Err(e) if is_transient(&e) => {
-                let job = self.store.update_job(&job.id, |j| {
-                    let msg = format!("waiting for the target: {e}");
-                    let changed = j.message != msg;
-                    if changed {
-                        j.transition(JobState::Pending, msg, now_ms());
-                    }
-                    changed
-                })?;
+                let job = self
+                    .store
+                    .update_job(&job.id, |j| {
+                        let msg = format!("waiting for the target: {e}");
+                        let changed = j.message != msg;
+                        if changed {
+                            j.transition(JobState::Pending, msg, now_ms());
+                        }
+                        changed
+                    })
+                    .await?;
                 Ok(Start::Waiting(job, e))
             }
             Err(e) => {
-                self.store.update_job(&job.id, |j| {
-                    j.transition(JobState::Failed, format!("submit failed: {e}"), now_ms());
-                    true
-                })?;
+                self.store
+                    .update_job(&job.id, |j| {
+                        j.transition(JobState::Failed, format!("submit failed: {e}"), now_ms());
+                        true
+                    })
+                    .await?;
                 Err(e.into())
             }
         }
@@ -250,26 +261,32 @@ impl Gateway {
         if job.backend_ref.is_some() {
             t.require(Feature::TrainingCancel)?;
         }
-        let job = self.store.update_job(id, |j| {
-            j.cancel_requested = true;
-            if j.backend_ref.is_some() {
-                j.cancel_sent_at = Some(now_ms());
-            }
-            false
-        })?;
+        let job = self
+            .store
+            .update_job(id, |j| {
+                j.cancel_requested = true;
+                if j.backend_ref.is_some() {
+                    j.cancel_sent_at = Some(now_ms());
+                }
+                false
+            })
+            .await?;
         // The user's intent is durable before anything acts on it: a gateway that crashes
         // from here on still knows the job is to stop, and the reconciler sees to it.
         self.store.flush().await?;
         match &job.backend_ref {
             // Never reached the backend: nothing to stop.
-            None => Ok(self.store.update_job(id, |j| {
-                j.transition(
-                    JobState::Cancelled,
-                    "cancelled before it started".into(),
-                    now_ms(),
-                );
-                true
-            })?),
+            None => Ok(self
+                .store
+                .update_job(id, |j| {
+                    j.transition(
+                        JobState::Cancelled,
+                        "cancelled before it started".into(),
+                        now_ms(),
+                    );
+                    true
+                })
+                .await?),
             Some(r) => {
                 self.runtime.cancel_training(&t, id, r).await?;
                 Ok(self.store.job(id)?)
@@ -558,10 +575,12 @@ impl Gateway {
         }
         tracing::info!(job = %job.id, "asking the target again to stop a cancelled job");
         self.runtime.cancel_training(t, &job.id, r).await?;
-        self.store.update_job(&job.id, |j| {
-            j.cancel_sent_at = Some(now);
-            false
-        })?;
+        self.store
+            .update_job(&job.id, |j| {
+                j.cancel_sent_at = Some(now);
+                false
+            })
+            .await?;
         Ok(())
     }
 
@@ -571,14 +590,16 @@ impl Gateway {
         let t = self.resolve_target(&job.target)?;
         let Some(r) = &job.backend_ref else {
             if job.cancel_requested {
-                self.store.update_job(&job.id, |j| {
-                    j.transition(
-                        JobState::Cancelled,
-                        "cancelled before it started".into(),
-                        now_ms(),
-                    );
-                    true
-                })?;
+                self.store
+                    .update_job(&job.id, |j| {
+                        j.transition(
+                            JobState::Cancelled,
+                            "cancelled before it started".into(),
+                            now_ms(),
+                        );
+                        true
+                    })
+                    .await?;
                 return Ok(());
             }
             // Still waiting: an error, so the reconciler backs off instead of asking the
@@ -595,57 +616,66 @@ impl Gateway {
                 {
                     // Not succeeded until every target can read what it made.
                     let msg = format!("publishing the job's outputs: {e}");
-                    self.store.update_job(&job.id, |j| {
-                        let changed = !j.state.is_terminal() && j.message != msg;
-                        if changed {
-                            j.transition(j.state, msg.clone(), now_ms());
-                        }
-                        changed
-                    })?;
+                    self.store
+                        .update_job(&job.id, |j| {
+                            let changed = !j.state.is_terminal() && j.message != msg;
+                            if changed {
+                                j.transition(j.state, msg.clone(), now_ms());
+                            }
+                            changed
+                        })
+                        .await?;
                     return Err(e);
                 }
-                let job = self.store.update_job(&job.id, |j| {
-                    // A cancel or finish recorded meanwhile wins over a stale observation.
-                    if j.state.is_terminal() {
-                        return false;
-                    }
-                    j.observe(obs.clone(), now_ms())
-                })?;
+                let job = self
+                    .store
+                    .update_job(&job.id, |j| {
+                        // A cancel or finish recorded meanwhile wins over a stale observation.
+                        if j.state.is_terminal() {
+                            return false;
+                        }
+                        j.observe(obs.clone(), now_ms())
+                    })
+                    .await?;
                 self.resend_cancel(&t, &job, r).await
             }
             Err(PluginError::Backend {
                 failure: BackendFailure::NotFound(m),
                 ..
             }) => {
-                self.store.update_job(&job.id, |j| {
-                    if j.state.is_terminal() {
-                        return false;
-                    }
-                    // A cancel that deletes the backend's object ends with the object gone:
-                    // that is the cancel done, not a failure.
-                    if j.cancel_requested {
-                        j.transition(JobState::Cancelled, "cancelled".into(), now_ms());
-                    } else {
-                        j.transition(
-                            JobState::Failed,
-                            format!("the backend no longer knows this job: {m}"),
-                            now_ms(),
-                        );
-                    }
-                    true
-                })?;
+                self.store
+                    .update_job(&job.id, |j| {
+                        if j.state.is_terminal() {
+                            return false;
+                        }
+                        // A cancel that deletes the backend's object ends with the object gone:
+                        // that is the cancel done, not a failure.
+                        if j.cancel_requested {
+                            j.transition(JobState::Cancelled, "cancelled".into(), now_ms());
+                        } else {
+                            j.transition(
+                                JobState::Failed,
+                                format!("the backend no longer knows this job: {m}"),
+                                now_ms(),
+                            );
+                        }
+                        true
+                    })
+                    .await?;
                 Ok(())
             }
             // Nothing of the answer is kept, but the job should say why it stopped moving.
             Err(e @ (PluginError::Oversized { .. } | PluginError::Contract { .. })) => {
                 let msg = format!("the target's status could not be read: {e}");
-                self.store.update_job(&job.id, |j| {
-                    let changed = !j.state.is_terminal() && j.message != msg;
-                    if changed {
-                        j.transition(j.state, msg.clone(), now_ms());
-                    }
-                    changed
-                })?;
+                self.store
+                    .update_job(&job.id, |j| {
+                        let changed = !j.state.is_terminal() && j.message != msg;
+                        if changed {
+                            j.transition(j.state, msg.clone(), now_ms());
+                        }
+                        changed
+                    })
+                    .await?;
                 Err(e.into())
             }
             Err(e) => Err(e.into()),

@@ -1,5 +1,5 @@
 //! The gateway's record of every job and endpoint, in sled. A submitted job is durable before
-//! Submit answers (through a group commit, so concurrent Submits share flushes); idempotency
+//! Submit answers (through one writer that batches job writes and shares flushes); idempotency
 //! keys map to the record they created; every job state change is kept as an event so Watch
 //! can replay, numbered in one gateway-wide change feed that Watch-all resumes from, and is
 //! published to live watchers.
@@ -11,10 +11,10 @@
 //! pruned with everything that belongs to them (see `prune_batch`), found through an index by
 //! the time they ended.
 
-mod commit;
+mod writer;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Serialize, de::DeserializeOwned};
 use sled::Transactional;
@@ -72,12 +72,10 @@ pub struct Store {
     /// The change feed: feed sequence (big-endian) → the job event's key.
     feed: sled::Tree,
     meta: sled::Tree,
-    /// Held while a job change takes its feed sequence, commits and is queued for publishing,
-    /// so the feed's order, the commit order and what live watchers see are one order: a
-    /// watcher resuming after sequence N can never miss a change numbered below N committed
-    /// later.
-    feed_order: Arc<Mutex<()>>,
-    commit: Arc<commit::GroupCommit>,
+    /// Every job write goes through it: the feed's order, the commit order and what live
+    /// watchers see are one order, so a watcher resuming after sequence N can never miss a
+    /// change numbered below N committed later.
+    writer: Arc<writer::Writer>,
     changes: broadcast::Sender<Change>,
     /// The id of every job written, as it is written, whether watchers hear of it or not (a
     /// cancel request is not news to them, but it is to the reconciler).
@@ -168,11 +166,11 @@ impl JobIndex<'_> {
 }
 
 /// Moves a record's index entries from `old` to `new` inside a transaction.
-fn reindex(
+fn reindex<E>(
     index: &sled::transaction::TransactionalTree,
     old: &[Vec<u8>],
     new: &[Vec<u8>],
-) -> std::result::Result<(), ConflictableTransactionError<StoreError>> {
+) -> std::result::Result<(), ConflictableTransactionError<E>> {
     for k in old.iter().filter(|k| !new.contains(k)) {
         index.remove(k.as_slice())?;
     }
@@ -329,29 +327,38 @@ fn unwrap_tx<T>(r: std::result::Result<T, TransactionError<StoreError>>) -> Resu
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Self> {
-        Self::open_publishing_within(dir, commit::PUBLISH_WITHIN)
+        Self::open_publishing_within(dir, writer::PUBLISH_WITHIN)
     }
 
-    /// `open`, with changes nobody waits on published within `window` (see `commit`).
+    /// `open`, with changes nobody waits on published within `window` (see `writer`).
     fn open_publishing_within(dir: &Path, window: std::time::Duration) -> Result<Self> {
         let db = sled::Config::new().path(dir).open()?;
         let (changes, _) = broadcast::channel(1024);
-        let commit = commit::GroupCommit::start(db.clone(), changes.clone(), window)
-            .map_err(|e| StoreError::Flush(format!("starting the committer: {e}")))?;
-        let store = Self {
+        let written = broadcast::channel(4096).0;
+        let trees = writer::JobTrees {
+            db: db.clone(),
             jobs: db.open_tree("jobs")?,
-            endpoints: db.open_tree("endpoints")?,
             idempotency: db.open_tree("idempotency")?,
-            endpoint_names: db.open_tree("endpoint_names")?,
             events: db.open_tree("job_events")?,
             index: db.open_tree("index")?,
             feed: db.open_tree("feed")?,
+        };
+        let store = Self {
+            jobs: trees.jobs.clone(),
+            endpoints: db.open_tree("endpoints")?,
+            idempotency: trees.idempotency.clone(),
+            endpoint_names: db.open_tree("endpoint_names")?,
+            events: trees.events.clone(),
+            index: trees.index.clone(),
+            feed: trees.feed.clone(),
             meta: db.open_tree("meta")?,
-            feed_order: Arc::new(Mutex::new(())),
-            commit: Arc::new(commit),
+            writer: Arc::new(
+                writer::Writer::start(trees, changes.clone(), written.clone(), window)
+                    .map_err(|e| StoreError::Flush(format!("starting the writer: {e}")))?,
+            ),
             db,
             changes,
-            written: broadcast::channel(4096).0,
+            written,
         };
         store.build_indexes()?;
         Ok(store)
@@ -416,25 +423,17 @@ impl Store {
         Ok(self.db.open_tree(name)?)
     }
 
-    /// Flushes the store's committer has made (for watchers or for callers of `flush`).
+    /// Flushes the store's writer has made (for watchers or for callers of `flush`).
     pub fn flushes(&self) -> u64 {
-        self.commit.flushes()
+        self.writer.flushes()
     }
 
-    /// Makes every write so far durable. sled's own `flush_async` runs on sled's small I/O
-    /// pool, which also writes the log buffers; enough concurrent flushes fill that pool with
-    /// waiters and nothing is left to write, so the gateway hung under concurrent submits. A
-    /// blocking flush on tokio's blocking pool leaves sled's pool free to do the writing.
-    ///
-    /// Concurrent callers share flushes (see `commit`).
+    /// Makes every write so far durable, with one of the writer's shared flushes (see
+    /// `writer`). Not sled's own `flush_async`: it runs on sled's small I/O pool, which also
+    /// writes the log buffers; enough concurrent flushes filled that pool with waiters and the
+    /// gateway hung under concurrent submits.
     pub async fn flush(&self) -> Result<()> {
-        self.commit.commit().await.map_err(StoreError::Flush)
-    }
-
-    /// Feed sequences start at 1, so "after 0" means the whole feed. sled's ids only grow,
-    /// across restarts too.
-    fn next_feed_sequence(&self) -> Result<u64> {
-        Ok(self.db.generate_id()? + 1)
+        self.writer.commit().await
     }
 
     /// The feed's last sequence: a watcher starting now skips everything up to it.
@@ -483,49 +482,24 @@ impl Store {
         Ok(out)
     }
 
-    /// Records a new job, or returns the one an earlier call with the same key created.
-    pub fn insert_job(&self, mut job: Job, idempotency_key: Option<&str>) -> Result<Inserted<Job>> {
-        let id = job.id.clone();
-        let ikey = idempotency_key.map(|k| idem_key(&job.tenant, "job", k));
-        let keys = job_index_keys(&job);
-        let order = self.feed_order.lock().unwrap_or_else(|p| p.into_inner());
-        job.feed_sequence = self.next_feed_sequence()?;
-        let bytes = encode(&job);
-        let event_bytes = encode_event(&job);
-        let existing = unwrap_tx(
-            (
-                &self.jobs,
-                &self.idempotency,
-                &self.events,
-                &self.index,
-                &self.feed,
-            )
-                .transaction(|(jobs, idem, events, index, feed)| {
-                    if let Some(k) = &ikey {
-                        if let Some(prev) = idem.get(k)? {
-                            return Ok(Some(prev));
-                        }
-                        idem.insert(k.as_slice(), id.as_bytes())?;
-                        index.insert(idem_owner_key(b'j', &id, k), &[][..])?;
-                    }
-                    let event = event_key(&id, job.sequence);
-                    jobs.insert(id.as_bytes(), bytes.as_slice())?;
-                    events.insert(event.as_slice(), event_bytes.as_slice())?;
-                    feed.insert(&job.feed_sequence.to_be_bytes()[..], event)?;
-                    reindex(index, &[], &keys)?;
-                    Ok::<_, ConflictableTransactionError<StoreError>>(None)
-                }),
-        )?;
-        match existing {
-            Some(prev_id) => {
-                drop(order);
-                let prev_id = String::from_utf8_lossy(&prev_id).into_owned();
-                Ok(Inserted::Existing(self.job(&prev_id)?))
-            }
-            None => {
-                self.commit.publish(Change::Job(Box::new(job.clone())));
-                drop(order);
-                Ok(Inserted::Created(job))
+    /// Records a new job, or returns the one an earlier call with the same key created; either
+    /// is durable when this returns. Feed sequences start at 1 (so "after 0" means the whole
+    /// feed): sled's ids only grow, across restarts too.
+    pub async fn insert_job(
+        &self,
+        job: Job,
+        idempotency_key: Option<&str>,
+    ) -> Result<Inserted<Job>> {
+        let write = writer::JobWrite::Insert {
+            idem: idempotency_key.map(|k| idem_key(&job.tenant, "job", k)),
+            keys: job_index_keys(&job),
+            job,
+        };
+        match self.writer.write(write).await? {
+            writer::Applied::Created(j) => Ok(Inserted::Created(j)),
+            writer::Applied::Existing(prev) => Ok(Inserted::Existing(self.job(&prev)?)),
+            writer::Applied::Updated(_) | writer::Applied::Changed | writer::Applied::NotFound => {
+                unreachable!("an insert creates or finds")
             }
         }
     }
@@ -539,61 +513,42 @@ impl Store {
 
     /// Applies `f` atomically to the stored job. `f` returns whether watchers should hear of it;
     /// such changes are appended to the job's event log and the feed. A record `f` leaves as
-    /// it was is not written at all (a poll that saw nothing new costs no write).
-    pub fn update_job<F>(&self, id: &str, f: F) -> Result<Job>
+    /// it was is not written at all (a poll that saw nothing new costs no write). `f` runs
+    /// here, on the record as read; if another write changed the record before this one is
+    /// applied, it runs again on the new one. Applied, not yet durable, when this returns.
+    pub async fn update_job<F>(&self, id: &str, f: F) -> Result<Job>
     where
         F: Fn(&mut Job) -> bool,
     {
-        let order = self.feed_order.lock().unwrap_or_else(|p| p.into_inner());
-        // Taken before the transaction (which may run `f` more than once); a change that
-        // turns out not to notify leaves a gap in the feed, which readers skip.
-        let feed_sequence = self.next_feed_sequence()?;
-        let (job, notify, wrote) = unwrap_tx(
-            (&self.jobs, &self.events, &self.index, &self.feed).transaction(
-                |(jobs, events, index, feed)| {
-                    let Some(b) = jobs.get(id)? else {
-                        return Err(ConflictableTransactionError::Abort(StoreError::NotFound(
-                            format!("job {id}"),
-                        )));
-                    };
-                    let before: Job =
-                        decode(id.as_bytes(), &b).map_err(ConflictableTransactionError::Abort)?;
-                    let mut job = before.clone();
-                    let notify = f(&mut job);
-                    if !notify && job == before {
-                        return Ok((job, false, false));
-                    }
-                    if notify {
-                        job.feed_sequence = feed_sequence;
-                    }
-                    jobs.insert(id.as_bytes(), encode(&job))?;
-                    if notify {
-                        let event = event_key(id, job.sequence);
-                        // A change that replaces this version's event takes its place in the
-                        // feed too: each event has one feed entry, which pruning removes.
-                        if let Some(prev) = events.insert(event.as_slice(), encode_event(&job))? {
-                            let prev: EventFeedSequence = decode(&event, &prev)
-                                .map_err(ConflictableTransactionError::Abort)?;
-                            let at = prev.feed_sequence.to_be_bytes();
-                            if feed.get(at)?.as_deref() == Some(event.as_slice()) {
-                                feed.remove(&at[..])?;
-                            }
-                        }
-                        feed.insert(&feed_sequence.to_be_bytes()[..], event)?;
-                    }
-                    reindex(index, &job_index_keys(&before), &job_index_keys(&job))?;
-                    Ok((job, notify, true))
-                },
-            ),
-        )?;
-        if wrote {
-            let _ = self.written.send(job.id.as_str().into());
+        loop {
+            let Some(expect) = self.jobs.get(id)? else {
+                return Err(StoreError::NotFound(format!("job {id}")));
+            };
+            let before: Job = decode(id.as_bytes(), &expect)?;
+            let mut job = before.clone();
+            let notify = f(&mut job);
+            if !notify && job == before {
+                return Ok(job);
+            }
+            let write = writer::JobWrite::Update {
+                expect,
+                bytes: (!notify).then(|| encode(&job)),
+                old_keys: job_index_keys(&before),
+                new_keys: job_index_keys(&job),
+                notify,
+                job,
+            };
+            match self.writer.write(write).await? {
+                writer::Applied::Updated(j) => return Ok(j),
+                writer::Applied::NotFound => {
+                    return Err(StoreError::NotFound(format!("job {id}")));
+                }
+                writer::Applied::Changed => continue,
+                writer::Applied::Created(_) | writer::Applied::Existing(_) => {
+                    unreachable!("an update updates")
+                }
+            }
         }
-        if notify {
-            self.commit.publish(Change::Job(Box::new(job.clone())));
-        }
-        drop(order);
-        Ok(job)
     }
 
     /// Jobs newest first (ids sort by creation time), after `after` if given. `after` must be a
@@ -764,7 +719,7 @@ impl Store {
                 self.endpoint(&String::from_utf8_lossy(&prev))?,
             )),
             None => {
-                self.commit.publish(Change::Endpoint(Box::new(ep.clone())));
+                self.writer.publish(Change::Endpoint(Box::new(ep.clone())));
                 Ok(Inserted::Created(ep))
             }
         }
@@ -825,7 +780,7 @@ impl Store {
             ),
         )?;
         if notify {
-            self.commit.publish(Change::Endpoint(Box::new(ep.clone())));
+            self.writer.publish(Change::Endpoint(Box::new(ep.clone())));
         }
         Ok(ep)
     }
@@ -1175,12 +1130,12 @@ mod tests {
         test_job(id)
     }
 
-    #[test]
-    fn idempotency_key_returns_the_first_job() {
+    #[tokio::test]
+    async fn idempotency_key_returns_the_first_job() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        let a = s.insert_job(job(&new_id("j")), Some("k1")).unwrap();
-        let b = s.insert_job(job(&new_id("j")), Some("k1")).unwrap();
+        let a = s.insert_job(job(&new_id("j")), Some("k1")).await.unwrap();
+        let b = s.insert_job(job(&new_id("j")), Some("k1")).await.unwrap();
         let (Inserted::Created(a), Inserted::Existing(b)) = (a, b) else {
             panic!("second insert must find the first")
         };
@@ -1188,14 +1143,14 @@ mod tests {
         assert_eq!(s.list_jobs(|_| true, None, 10).unwrap().0.len(), 1);
     }
 
-    #[test]
-    fn survives_reopen_and_pages_newest_first() {
+    #[tokio::test]
+    async fn survives_reopen_and_pages_newest_first() {
         let dir = tempfile::tempdir().unwrap();
         let ids: Vec<String> = (0..5).map(|_| new_id("j")).collect();
         {
             let s = Store::open(dir.path()).unwrap();
             for id in &ids {
-                s.insert_job(job(id), None).unwrap();
+                s.insert_job(job(id), None).await.unwrap();
             }
             s.db.flush().unwrap();
         }
@@ -1213,21 +1168,23 @@ mod tests {
         assert!(next2.is_none());
     }
 
-    #[test]
-    fn updates_append_events() {
+    #[tokio::test]
+    async fn updates_append_events() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let id = new_id("j");
-        s.insert_job(job(&id), None).unwrap();
+        s.insert_job(job(&id), None).await.unwrap();
         s.update_job(&id, |j| {
             j.transition(JobState::Running, String::new(), 2);
             true
         })
+        .await
         .unwrap();
         s.update_job(&id, |j| {
             j.backend_state = "noise".into();
             false
         })
+        .await
         .unwrap();
         let evs = s.job_events(&id, 0).unwrap();
         assert_eq!(
@@ -1236,21 +1193,22 @@ mod tests {
         );
         assert_eq!(s.job_events(&id, 1).unwrap().len(), 1);
         assert!(matches!(
-            s.update_job("missing", |_| true),
+            s.update_job("missing", |_| true).await,
             Err(StoreError::NotFound(_))
         ));
     }
 
-    fn done(s: &Store, id: &str) {
+    async fn done(s: &Store, id: &str) {
         s.update_job(id, |j| {
             j.transition(JobState::Succeeded, String::new(), 3);
             true
         })
+        .await
         .unwrap();
     }
 
-    #[test]
-    fn live_records_come_from_the_index_across_reopen() {
+    #[tokio::test]
+    async fn live_records_come_from_the_index_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let ids: Vec<String> = (0..4).map(|_| new_id("j")).collect();
         {
@@ -1258,9 +1216,9 @@ mod tests {
             for (i, id) in ids.iter().enumerate() {
                 let mut j = job(id);
                 j.target = if i % 2 == 0 { "a" } else { "b" }.into();
-                s.insert_job(j, None).unwrap();
+                s.insert_job(j, None).await.unwrap();
             }
-            done(&s, &ids[0]);
+            done(&s, &ids[0]).await;
             s.db.flush().unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
@@ -1292,13 +1250,13 @@ mod tests {
         );
     }
 
-    #[test]
-    fn indexes_are_built_for_a_store_written_without_them() {
+    #[tokio::test]
+    async fn indexes_are_built_for_a_store_written_without_them() {
         let dir = tempfile::tempdir().unwrap();
         let id = new_id("j");
         {
             let s = Store::open(dir.path()).unwrap();
-            s.insert_job(job(&id), None).unwrap();
+            s.insert_job(job(&id), None).await.unwrap();
             // As a store from before the indexes: records only.
             s.index.clear().unwrap();
             s.meta.remove(INDEX_VERSION).unwrap();
@@ -1320,14 +1278,15 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         let id = new_id("j");
         let mut watch = s.subscribe();
-        s.insert_job(job(&id), None).unwrap();
+        s.insert_job(job(&id), None).await.unwrap();
         let before = s.jobs.get(&id).unwrap().unwrap();
         let mut writes = s.jobs.watch_prefix(id.as_bytes());
-        s.update_job(&id, |_| false).unwrap();
+        s.update_job(&id, |_| false).await.unwrap();
         s.update_job(&id, |j| {
             j.backend_state = String::new();
             false
         })
+        .await
         .unwrap();
         assert!(
             writes.next_timeout(std::time::Duration::ZERO).is_err(),
@@ -1354,16 +1313,17 @@ mod tests {
             let s = Store::open(dir.path()).unwrap();
             let mut live = s.subscribe();
             for id in &ids {
-                s.insert_job(job(id), None).unwrap();
+                s.insert_job(job(id), None).await.unwrap();
             }
-            done(&s, &ids[1]);
+            done(&s, &ids[1]).await;
             // A change watchers are not told of takes no place in the feed.
             s.update_job(&ids[0], |j| {
                 j.backend_state = "x".into();
                 false
             })
+            .await
             .unwrap();
-            done(&s, &ids[0]);
+            done(&s, &ids[0]).await;
             // Published once durable: after a flush, every change written before it.
             s.flush().await.unwrap();
             while let Ok(Change::Job(j)) = live.try_recv() {
@@ -1392,7 +1352,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_flushes_are_shared_and_each_waits_for_its_write() {
+    async fn concurrent_inserts_are_each_durable_when_they_answer() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let tasks: Vec<_> = (0..64)
@@ -1400,8 +1360,7 @@ mod tests {
                 let s = s.clone();
                 tokio::spawn(async move {
                     let id = new_id("j");
-                    s.insert_job(job(&id), None).unwrap();
-                    s.flush().await.unwrap();
+                    s.insert_job(job(&id), None).await.unwrap();
                     id
                 })
             })
@@ -1419,13 +1378,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn page_tokens_must_be_ids_the_store_handed_out() {
+    #[tokio::test]
+    async fn page_tokens_must_be_ids_the_store_handed_out() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let ids: Vec<String> = (0..3).map(|_| new_id("j")).collect();
         for id in &ids {
-            s.insert_job(job(id), None).unwrap();
+            s.insert_job(job(id), None).await.unwrap();
         }
         let (_, next) = s.list_jobs(|_| true, None, 2).unwrap();
         assert_eq!(next.as_deref(), Some(ids[1].as_str()));
@@ -1489,12 +1448,12 @@ mod tests {
         j
     }
 
-    #[test]
-    fn an_event_keeps_the_status_not_a_copy_of_the_spec() {
+    #[tokio::test]
+    async fn an_event_keeps_the_status_not_a_copy_of_the_spec() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let id = new_id("j");
-        s.insert_job(realistic_job(&id), None).unwrap();
+        s.insert_job(realistic_job(&id), None).await.unwrap();
         let running = s
             .update_job(&id, |j| {
                 j.backend_ref = Some(BackendRef {
@@ -1504,6 +1463,7 @@ mod tests {
                 j.transition(JobState::Running, "started on node-7".into(), now_ms());
                 true
             })
+            .await
             .unwrap();
         let record = s.jobs.get(&id).unwrap().unwrap().len();
         let event = s
@@ -1536,12 +1496,12 @@ mod tests {
         assert_eq!(feed, evs);
     }
 
-    #[test]
-    fn events_written_as_whole_jobs_still_read() {
+    #[tokio::test]
+    async fn events_written_as_whole_jobs_still_read() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let id = new_id("j");
-        let first = s.insert_job(realistic_job(&id), None).unwrap();
+        let first = s.insert_job(realistic_job(&id), None).await.unwrap();
         let Inserted::Created(first) = first else {
             panic!("a new job")
         };
@@ -1552,6 +1512,7 @@ mod tests {
                 j.transition(JobState::Succeeded, String::new(), now_ms());
                 true
             })
+            .await
             .unwrap();
         assert_eq!(
             s.job_events(&id, 0).unwrap(),
@@ -1566,18 +1527,19 @@ mod tests {
         assert_eq!(feed, vec![first, done]);
     }
 
-    #[test]
-    fn a_change_that_replaces_an_event_takes_its_feed_entry() {
+    #[tokio::test]
+    async fn a_change_that_replaces_an_event_takes_its_feed_entry() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let id = new_id("j");
-        s.insert_job(job(&id), None).unwrap();
+        s.insert_job(job(&id), None).await.unwrap();
         // Notified without a new version: the same event, written again.
         let j = s
             .update_job(&id, |j| {
                 j.message = "again".into();
                 true
             })
+            .await
             .unwrap();
         let entries = s.feed_after(0, 10).unwrap();
         assert_eq!(entries.len(), 1, "one entry per event: {entries:?}");
@@ -1635,12 +1597,13 @@ mod tests {
     const LONG_AGO: Millis = 1_000_000;
 
     /// Runs, then ends at `at`.
-    fn finish_at(s: &Store, id: &str, state: JobState, at: Millis) {
+    async fn finish_at(s: &Store, id: &str, state: JobState, at: Millis) {
         for st in [JobState::Running, state] {
             s.update_job(id, |j| {
                 j.transition(st, String::new(), at);
                 true
             })
+            .await
             .unwrap();
         }
     }
@@ -1651,22 +1614,24 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         let [old_done, old_failed, old_live, recent_done] = [0; 4].map(|_| new_id("j"));
         s.insert_job(realistic_job(&old_done), Some("nightly"))
+            .await
             .unwrap();
-        finish_at(&s, &old_done, JobState::Succeeded, LONG_AGO);
-        s.insert_job(job(&old_failed), None).unwrap();
-        finish_at(&s, &old_failed, JobState::Failed, LONG_AGO + 1);
+        finish_at(&s, &old_done, JobState::Succeeded, LONG_AGO).await;
+        s.insert_job(job(&old_failed), None).await.unwrap();
+        finish_at(&s, &old_failed, JobState::Failed, LONG_AGO + 1).await;
         // Running since long ago: never pruned, however old.
         let mut live = job(&old_live);
         live.created_at = LONG_AGO;
         live.updated_at = LONG_AGO;
-        s.insert_job(live, Some("long-run")).unwrap();
+        s.insert_job(live, Some("long-run")).await.unwrap();
         s.update_job(&old_live, |j| {
             j.transition(JobState::Running, String::new(), LONG_AGO);
             true
         })
+        .await
         .unwrap();
-        s.insert_job(job(&recent_done), None).unwrap();
-        finish_at(&s, &recent_done, JobState::Succeeded, now_ms());
+        s.insert_job(job(&recent_done), None).await.unwrap();
+        finish_at(&s, &recent_done, JobState::Succeeded, now_ms()).await;
         let [old_deleted, recent_deleted, serving] = [0; 3].map(|_| new_id("e"));
         for (id, name) in [(&old_deleted, "a"), (&recent_deleted, "b"), (&serving, "c")] {
             s.insert_endpoint(endpoint(id, name), Some(&format!("deploy-{name}")))
@@ -1741,12 +1706,12 @@ mod tests {
         // The pruned job's key is free: the same key submits anew.
         let again = new_id("j");
         assert!(matches!(
-            s.insert_job(job(&again), Some("nightly")).unwrap(),
+            s.insert_job(job(&again), Some("nightly")).await.unwrap(),
             Inserted::Created(j) if j.id == again
         ));
         // A live job's key still finds it.
         assert!(matches!(
-            s.insert_job(job(&new_id("j")), Some("long-run")).unwrap(),
+            s.insert_job(job(&new_id("j")), Some("long-run")).await.unwrap(),
             Inserted::Existing(j) if j.id == old_live
         ));
         assert!(matches!(
@@ -1761,15 +1726,15 @@ mod tests {
         );
     }
 
-    #[test]
-    fn pruning_goes_in_bounded_batches() {
+    #[tokio::test]
+    async fn pruning_goes_in_bounded_batches() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let n = PRUNE_BATCH * 2 + 5;
         for _ in 0..n {
             let id = new_id("j");
-            s.insert_job(job(&id), None).unwrap();
-            finish_at(&s, &id, JobState::Succeeded, LONG_AGO);
+            s.insert_job(job(&id), None).await.unwrap();
+            finish_at(&s, &id, JobState::Succeeded, LONG_AGO).await;
         }
         let first = s.prune_batch(LONG_AGO + 1).unwrap();
         assert_eq!((first.jobs, first.more), (PRUNE_BATCH, true));
@@ -1779,14 +1744,14 @@ mod tests {
         assert!(s.events.is_empty() && s.feed.is_empty() && s.index.is_empty());
     }
 
-    #[test]
-    fn a_store_from_before_the_end_time_index_gets_it_and_prunes_its_keys() {
+    #[tokio::test]
+    async fn a_store_from_before_the_end_time_index_gets_it_and_prunes_its_keys() {
         let dir = tempfile::tempdir().unwrap();
         let id = new_id("j");
         {
             let s = Store::open(dir.path()).unwrap();
-            s.insert_job(job(&id), Some("k")).unwrap();
-            finish_at(&s, &id, JobState::Cancelled, LONG_AGO);
+            s.insert_job(job(&id), Some("k")).await.unwrap();
+            finish_at(&s, &id, JobState::Cancelled, LONG_AGO).await;
             // As a store written before: no end-time or key-owner entries, version 2.
             for k in s.index.iter().keys() {
                 let k = k.unwrap();
@@ -1812,25 +1777,100 @@ mod tests {
             .unwrap();
         let mut watch = s.subscribe();
         let ids: Vec<String> = (0..50).map(|_| new_id("j")).collect();
+        // Inserts are durable when they answer: each waits for a flush.
+        futures::future::join_all(ids.iter().map(|id| s.insert_job(job(id), None)))
+            .await
+            .into_iter()
+            .for_each(|r| {
+                r.unwrap();
+            });
+        let after_inserts = s.flushes();
         for id in &ids {
-            s.insert_job(job(id), None).unwrap();
             s.update_job(id, |j| {
                 j.transition(JobState::Running, String::new(), now_ms());
                 true
             })
+            .await
             .unwrap();
         }
         s.flush().await.unwrap();
         assert_eq!(
             s.flushes(),
-            1,
-            "100 changes and one flush asked for: one flush"
+            after_inserts + 1,
+            "50 changes and one flush asked for: one flush"
         );
         let mut seen = 0;
         while let Ok(Change::Job(_)) = watch.try_recv() {
             seen += 1;
         }
-        assert_eq!(seen, 100, "every change published by that flush");
+        assert_eq!(
+            seen, 100,
+            "every change published, the updates by that flush"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_updates_of_one_job_each_apply_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.insert_job(job("j-1"), None).await.unwrap();
+        // Every task reads the same record, so all but one find it changed under them and
+        // decide again on what the others wrote.
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    s.update_job("j-1", |j| {
+                        let n: u32 = j.message.parse().unwrap_or(0);
+                        j.message = (n + 1).to_string();
+                        false
+                    })
+                    .await
+                    .unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(s.job("j-1").unwrap().message, "64");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_that_cannot_apply_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        // Writes in flight together share batches: the updates of records that do not exist
+        // must fail without taking the inserts beside them down.
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    if i % 2 == 0 {
+                        s.insert_job(job(&format!("j-{i}")), None).await.map(|_| ())
+                    } else {
+                        s.update_job(&format!("missing-{i}"), |j| {
+                            j.message = "x".into();
+                            true
+                        })
+                        .await
+                        .map(|_| ())
+                    }
+                })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            match (i % 2, t.await.unwrap()) {
+                (0, r) => r.unwrap(),
+                (_, Err(StoreError::NotFound(_))) => {}
+                (_, r) => panic!("update of a missing job: {:?}", r.err()),
+            }
+        }
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        for i in (0..64).step_by(2) {
+            s.job(&format!("j-{i}")).unwrap();
+        }
     }
 
     #[tokio::test]
@@ -1839,7 +1879,7 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         let mut watch = s.subscribe();
         let id = new_id("j");
-        s.insert_job(job(&id), None).unwrap();
+        s.insert_job(job(&id), None).await.unwrap();
         let got = tokio::time::timeout(std::time::Duration::from_secs(30), watch.recv())
             .await
             .expect("published within the window")

@@ -242,7 +242,7 @@ pub async fn get_job_pair(
     cfg.data_dir = dir.to_path_buf();
     let gw = mlgw::server::build(&cfg).await.unwrap();
     let job = fixed_job();
-    gw.store.insert_job(job.clone(), None).unwrap();
+    gw.store.insert_job(job.clone(), None).await.unwrap();
     let gateway = serve(mlgw::api::routes(gw.clone()).unwrap()).await;
     let fixed =
         pb::training_service_client::TrainingServiceClient::new(channel(gateway.addr).await)

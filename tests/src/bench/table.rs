@@ -386,55 +386,77 @@ impl Filled {
     }
 }
 
+/// Writes in flight while filling a store.
+const FILL_IN_FLIGHT: usize = 256;
+
 async fn fill(n: usize) -> Filled {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("data").join("db");
     std::fs::create_dir_all(&db).unwrap();
-    let (store, ids, insert, update) = tokio::task::spawn_blocking(move || {
-        let store = Store::open(&db).unwrap();
-        let t = Instant::now();
-        let mut ids = Vec::with_capacity(n);
-        for i in 0..n {
-            let mut j = fixed_job();
-            j.target = "noop".into();
-            j.spec.name = "noop".into();
-            j.state = JobState::Pending;
-            j.backend_state = String::new();
-            j.output_uri = None;
-            j.sequence = 1;
-            ids.push(j.id.clone());
-            store.insert_job(j, None).unwrap();
-            if (i + 1) % 100_000 == 0 {
-                progress(&format!("  inserted {}", i + 1));
+    let store = Store::open(&db).unwrap();
+    // Written as a bulk load would be: many writes in flight, which the store's writer
+    // applies together.
+    let t = Instant::now();
+    let ids: Vec<String> = (0..n).map(|_| fixed_job().id).collect();
+    let mut done = 0;
+    let mut inserts = futures::stream::iter(ids.iter().cloned())
+        .map(|id| {
+            let store = &store;
+            async move {
+                let mut j = fixed_job();
+                j.id = id;
+                j.target = "noop".into();
+                j.spec.name = "noop".into();
+                j.state = JobState::Pending;
+                j.backend_state = String::new();
+                j.output_uri = None;
+                j.sequence = 1;
+                store.insert_job(j, None).await.unwrap();
             }
+        })
+        .buffer_unordered(FILL_IN_FLIGHT);
+    while inserts.next().await.is_some() {
+        done += 1;
+        if done % 100_000 == 0 {
+            progress(&format!("  inserted {done}"));
         }
-        let insert = t.elapsed();
-        let t = Instant::now();
-        for (i, id) in ids.iter().enumerate() {
-            store
-                .update_job(id, |j| {
-                    j.backend_ref = Some(BackendRef {
-                        name: "ok".into(),
-                        data: String::new(),
-                    });
-                    j.backend_state = "submitted as ok".into();
-                    let (state, message) = match i {
-                        _ if i % 100 == 0 => (JobState::Running, ""),
-                        _ if i % 10 == 5 => (JobState::Failed, "exit status 1"),
-                        _ => (JobState::Succeeded, ""),
-                    };
-                    j.transition(state, message.into(), now_ms());
-                    true
-                })
-                .unwrap();
-            if (i + 1) % 100_000 == 0 {
-                progress(&format!("  updated {}", i + 1));
+    }
+    drop(inserts);
+    let insert = t.elapsed();
+    let t = Instant::now();
+    let mut done = 0;
+    let mut updates = futures::stream::iter(ids.iter().enumerate())
+        .map(|(i, id)| {
+            let store = &store;
+            async move {
+                store
+                    .update_job(id, |j| {
+                        j.backend_ref = Some(BackendRef {
+                            name: "ok".into(),
+                            data: String::new(),
+                        });
+                        j.backend_state = "submitted as ok".into();
+                        let (state, message) = match i {
+                            _ if i % 100 == 0 => (JobState::Running, ""),
+                            _ if i % 10 == 5 => (JobState::Failed, "exit status 1"),
+                            _ => (JobState::Succeeded, ""),
+                        };
+                        j.transition(state, message.into(), now_ms());
+                        true
+                    })
+                    .await
+                    .unwrap();
             }
+        })
+        .buffer_unordered(FILL_IN_FLIGHT);
+    while updates.next().await.is_some() {
+        done += 1;
+        if done % 100_000 == 0 {
+            progress(&format!("  updated {done}"));
         }
-        (store, ids, insert, t.elapsed())
-    })
-    .await
-    .unwrap();
+    }
+    drop(updates);
+    let update = t.elapsed();
     store.flush().await.unwrap();
     drop(store);
     Filled {
