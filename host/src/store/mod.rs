@@ -1130,6 +1130,24 @@ mod tests {
         test_job(id)
     }
 
+    /// Opens the store again once the last handle's files are released: sled's I/O threads
+    /// may still hold them for a moment after the handle is dropped (seen on a loaded CI
+    /// machine after a multi-threaded test), which `open` reports as a lock it cannot take.
+    async fn reopen(dir: &Path) -> Store {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir) {
+                Err(StoreError::Sled(sled::Error::Io(e)))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < until =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                r => return r.unwrap(),
+            }
+        }
+    }
+
     #[tokio::test]
     async fn idempotency_key_returns_the_first_job() {
         let dir = tempfile::tempdir().unwrap();
@@ -1372,7 +1390,7 @@ mod tests {
         // Durable means on disk: a second handle on the same files after the first is
         // dropped sees every acknowledged record.
         drop(s);
-        let s = Store::open(dir.path()).unwrap();
+        let s = reopen(dir.path()).await;
         for id in &ids {
             s.job(id).unwrap();
         }
@@ -1867,7 +1885,7 @@ mod tests {
             }
         }
         drop(s);
-        let s = Store::open(dir.path()).unwrap();
+        let s = reopen(dir.path()).await;
         for i in (0..64).step_by(2) {
             s.job(&format!("j-{i}")).unwrap();
         }
