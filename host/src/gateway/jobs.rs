@@ -615,15 +615,7 @@ impl Gateway {
                     && let Err(e) = self.publish_outputs(&t, job, &mut obs).await
                 {
                     // Not succeeded until every target can read what it made.
-                    let msg = format!("publishing the job's outputs: {e}");
-                    self.store
-                        .update_job(&job.id, |j| {
-                            let changed = !j.state.is_terminal() && j.message != msg;
-                            if changed {
-                                j.transition(j.state, msg.clone(), now_ms());
-                            }
-                            changed
-                        })
+                    self.say_why(&job.id, format!("publishing the job's outputs: {e}"))
                         .await?;
                     return Err(e);
                 }
@@ -666,20 +658,29 @@ impl Gateway {
             }
             // Nothing of the answer is kept, but the job should say why it stopped moving.
             Err(e @ (PluginError::Oversized { .. } | PluginError::Contract { .. })) => {
-                let msg = format!("the target's status could not be read: {e}");
-                self.store
-                    .update_job(&job.id, |j| {
-                        let changed = !j.state.is_terminal() && j.message != msg;
-                        if changed {
-                            j.transition(j.state, msg.clone(), now_ms());
-                        }
-                        changed
-                    })
-                    .await?;
+                self.say_why(
+                    &job.id,
+                    format!("the target's status could not be read: {e}"),
+                )
+                .await?;
                 Err(e.into())
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Sets a live job's message, keeping its state, when it says something new.
+    async fn say_why(&self, id: &str, msg: String) -> Result<()> {
+        self.store
+            .update_job(id, |j| {
+                let changed = !j.state.is_terminal() && j.message != msg;
+                if changed {
+                    j.transition(j.state, msg.clone(), now_ms());
+                }
+                changed
+            })
+            .await?;
+        Ok(())
     }
 }
 

@@ -62,8 +62,8 @@ pub(super) enum JobWrite {
         job: Job,
         /// Watchers hear of it: it gets a feed sequence and an event.
         notify: bool,
-        /// The record's bytes when `notify` is false (its feed sequence does not change),
-        /// encoded by the caller.
+        /// The record's bytes, encoded by the caller, exactly when `notify` is false (its feed
+        /// sequence does not change).
         bytes: Option<Vec<u8>>,
         old_keys: Vec<Vec<u8>>,
         new_keys: Vec<Vec<u8>>,
@@ -346,10 +346,10 @@ fn apply_one(
         JobWrite::Update {
             expect,
             job,
-            notify,
             bytes,
             old_keys,
             new_keys,
+            ..
         } => {
             let id = job.id.as_str();
             match jobs.get(id)? {
@@ -358,7 +358,8 @@ fn apply_one(
                 Some(_) => {}
             }
             let mut job = job.clone();
-            match bytes.as_ref().filter(|_| !notify) {
+            // The caller encoded what keeps its feed number; news is numbered here.
+            match bytes {
                 Some(b) => {
                     jobs.insert(id.as_bytes(), b.as_slice())?;
                 }

@@ -386,6 +386,18 @@ impl Filled {
     }
 }
 
+/// Runs `writes` to the end, saying every 100,000 how many are `done`.
+async fn drain_reporting(writes: impl futures::Stream<Item = ()>, done: &str) {
+    let mut writes = std::pin::pin!(writes);
+    let mut n = 0;
+    while writes.next().await.is_some() {
+        n += 1;
+        if n % 100_000 == 0 {
+            progress(&format!("  {done} {n}"));
+        }
+    }
+}
+
 /// Writes in flight while filling a store.
 const FILL_IN_FLIGHT: usize = 256;
 
@@ -398,8 +410,7 @@ async fn fill(n: usize) -> Filled {
     // applies together.
     let t = Instant::now();
     let ids: Vec<String> = (0..n).map(|_| fixed_job().id).collect();
-    let mut done = 0;
-    let mut inserts = futures::stream::iter(ids.iter().cloned())
+    let inserts = futures::stream::iter(ids.iter().cloned())
         .map(|id| {
             let store = &store;
             async move {
@@ -415,17 +426,10 @@ async fn fill(n: usize) -> Filled {
             }
         })
         .buffer_unordered(FILL_IN_FLIGHT);
-    while inserts.next().await.is_some() {
-        done += 1;
-        if done % 100_000 == 0 {
-            progress(&format!("  inserted {done}"));
-        }
-    }
-    drop(inserts);
+    drain_reporting(inserts, "inserted").await;
     let insert = t.elapsed();
     let t = Instant::now();
-    let mut done = 0;
-    let mut updates = futures::stream::iter(ids.iter().enumerate())
+    let updates = futures::stream::iter(ids.iter().enumerate())
         .map(|(i, id)| {
             let store = &store;
             async move {
@@ -449,13 +453,7 @@ async fn fill(n: usize) -> Filled {
             }
         })
         .buffer_unordered(FILL_IN_FLIGHT);
-    while updates.next().await.is_some() {
-        done += 1;
-        if done % 100_000 == 0 {
-            progress(&format!("  updated {done}"));
-        }
-    }
-    drop(updates);
+    drain_reporting(updates, "updated").await;
     let update = t.elapsed();
     store.flush().await.unwrap();
     drop(store);
