@@ -103,6 +103,12 @@ async fn metrics_follow_a_real_job() {
     assert_eq!(calls(&running, "validate_training"), 1.0);
     assert!(calls(&running, "training_status") >= 1.0);
     assert!(sample(&running, "mlgw_store_size_bytes", &[]).unwrap() > 0.0);
+    // The submit's insert and its backend handle are writes of the store's writer, and the
+    // insert answered after a flush of it.
+    assert!(sample(&running, "mlgw_store_writes_total", &[]).unwrap() >= 2.0);
+    assert!(sample(&running, "mlgw_store_write_batches_total", &[]).unwrap() >= 1.0);
+    assert!(sample(&running, "mlgw_store_flushes_total", &[]).unwrap() >= 1.0);
+    assert!(sample(&running, "mlgw_store_flush_seconds_total", &[]).unwrap() > 0.0);
     assert!(
         sample(
             &running,

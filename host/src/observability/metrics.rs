@@ -3,17 +3,17 @@
 //! store's indexes when Prometheus scrapes, so they are never out of step with it.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Counter, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::domain::{EndpointState, JobState};
 use crate::runtime::{BackendFailure, PluginError};
-use crate::store::Store;
+use crate::store::{Store, WriterStats};
 
 /// Seconds: from a status call on a warm instance (~1 ms) to a slow backend (the call deadline).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -29,6 +29,63 @@ pub struct Metrics {
     jobs: IntGaugeVec,
     endpoints: IntGaugeVec,
     store_bytes: IntGauge,
+    writer: WriterCounters,
+}
+
+/// The store writer's own counters, brought up to date at each scrape. The mutex keeps two
+/// scrapes at once from adding the same difference twice.
+struct WriterCounters {
+    batches: IntCounter,
+    writes: IntCounter,
+    transaction_seconds: Counter,
+    flushes: IntCounter,
+    flush_seconds: Counter,
+    seen: Mutex<WriterStats>,
+}
+
+impl WriterCounters {
+    fn new() -> Self {
+        let int = |name: &str, help: &str| IntCounter::new(name, help).expect("a valid counter");
+        let float = |name: &str, help: &str| Counter::new(name, help).expect("a valid counter");
+        Self {
+            batches: int(
+                "mlgw_store_write_batches_total",
+                "Transactions of the store's job writer; writes_total over this is how many \
+                 writes share one.",
+            ),
+            writes: int(
+                "mlgw_store_writes_total",
+                "Job writes the store's writer applied.",
+            ),
+            transaction_seconds: float(
+                "mlgw_store_write_transaction_seconds_total",
+                "Time the store's writer spent in transactions.",
+            ),
+            flushes: int(
+                "mlgw_store_flushes_total",
+                "Flushes of the store's writer; each makes every write before it durable.",
+            ),
+            flush_seconds: float(
+                "mlgw_store_flush_seconds_total",
+                "Time the store's writer spent flushing, which the next batch waits out.",
+            ),
+            seen: Mutex::new(WriterStats::default()),
+        }
+    }
+
+    fn sync(&self, now: WriterStats) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        self.batches
+            .inc_by(now.batches.saturating_sub(seen.batches));
+        self.writes.inc_by(now.writes.saturating_sub(seen.writes));
+        self.flushes
+            .inc_by(now.flushes.saturating_sub(seen.flushes));
+        self.transaction_seconds
+            .inc_by((now.transaction_seconds - seen.transaction_seconds).max(0.0));
+        self.flush_seconds
+            .inc_by((now.flush_seconds - seen.flush_seconds).max(0.0));
+        *seen = now;
+    }
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -90,6 +147,7 @@ impl Metrics {
             ),
             store_bytes: IntGauge::new("mlgw_store_size_bytes", "The store's size on disk.")
                 .expect("a valid gauge"),
+            writer: WriterCounters::new(),
         };
         for c in [
             Box::new(m.plugin_calls.clone()) as Box<dyn prometheus::core::Collector>,
@@ -99,6 +157,11 @@ impl Metrics {
             Box::new(m.jobs.clone()),
             Box::new(m.endpoints.clone()),
             Box::new(m.store_bytes.clone()),
+            Box::new(m.writer.batches.clone()),
+            Box::new(m.writer.writes.clone()),
+            Box::new(m.writer.transaction_seconds.clone()),
+            Box::new(m.writer.flushes.clone()),
+            Box::new(m.writer.flush_seconds.clone()),
         ] {
             m.registry.register(c).expect("each metric registered once");
         }
@@ -157,6 +220,7 @@ impl Metrics {
         }
         self.store_bytes
             .set(store.size_on_disk().map(|b| b as i64).unwrap_or(-1));
+        self.writer.sync(store.writer_stats());
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()

@@ -12,6 +12,7 @@
 //! the time they ended.
 
 mod writer;
+pub use writer::WriterStats;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -426,6 +427,11 @@ impl Store {
     /// Flushes the store's writer has made (for watchers or for callers of `flush`).
     pub fn flushes(&self) -> u64 {
         self.writer.flushes()
+    }
+
+    /// The job writer's batches, transactions and flushes since the store opened.
+    pub fn writer_stats(&self) -> WriterStats {
+        self.writer.stats()
     }
 
     /// Makes every write so far durable, with one of the writer's shared flushes (see

@@ -105,8 +105,52 @@ pub(super) struct JobTrees {
 
 pub struct Writer {
     requests: Option<mpsc::Sender<Request>>,
-    flushes: Arc<AtomicU64>,
+    counters: Arc<Counters>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the writer has done since the store opened: where a write's time goes (waiting for
+/// the batch's transaction or for its flush) and how many writes share each.
+#[derive(Default)]
+struct Counters {
+    batches: AtomicU64,
+    writes: AtomicU64,
+    transaction_nanos: AtomicU64,
+    flushes: AtomicU64,
+    flush_nanos: AtomicU64,
+}
+
+/// A snapshot of the writer's counters, all since the store opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct WriterStats {
+    /// Transactions, each applying every write queued when it began (at most 256).
+    pub batches: u64,
+    /// Job writes applied (inserts and updates, those that found their record changed
+    /// included).
+    pub writes: u64,
+    /// Time spent in those transactions.
+    pub transaction_seconds: f64,
+    pub flushes: u64,
+    /// Time spent in flushes, which the next batch's writes wait out.
+    pub flush_seconds: f64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> WriterStats {
+        let secs = |n: &AtomicU64| Duration::from_nanos(n.load(Ordering::Relaxed)).as_secs_f64();
+        WriterStats {
+            batches: self.batches.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+            transaction_seconds: secs(&self.transaction_nanos),
+            flushes: self.flushes.load(Ordering::Relaxed),
+            flush_seconds: secs(&self.flush_nanos),
+        }
+    }
+}
+
+fn add_elapsed(total: &AtomicU64, since: Instant) {
+    let n = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    total.fetch_add(n, Ordering::Relaxed);
 }
 
 /// A reply that waits for the flush.
@@ -126,8 +170,8 @@ impl Writer {
         publish_within: Duration,
     ) -> std::io::Result<Self> {
         let (requests, queue) = mpsc::channel::<Request>();
-        let flushes: Arc<AtomicU64> = Arc::default();
-        let flushed = flushes.clone();
+        let counters: Arc<Counters> = Arc::default();
+        let counted = counters.clone();
         let thread = std::thread::Builder::new()
             .name("mlgw-store-writer".into())
             .spawn(move || {
@@ -162,7 +206,13 @@ impl Writer {
                         }
                     }
                     if !writes.is_empty() {
+                        let began = Instant::now();
                         let outcomes = apply(&trees, writes.iter().map(|(w, _)| &**w));
+                        add_elapsed(&counted.transaction_nanos, began);
+                        counted.batches.fetch_add(1, Ordering::Relaxed);
+                        counted
+                            .writes
+                            .fetch_add(writes.len() as u64, Ordering::Relaxed);
                         for (i, (w, reply)) in writes.into_iter().enumerate() {
                             let outcome = match &outcomes {
                                 Ok(all) => Ok(all[i].clone()),
@@ -199,8 +249,10 @@ impl Writer {
                     }
                     due = None;
                     if !waiting.is_empty() || !to_publish.is_empty() {
+                        let began = Instant::now();
                         let result = trees.db.flush().map(|_| ()).map_err(|e| e.to_string());
-                        flushed.fetch_add(1, Ordering::Relaxed);
+                        add_elapsed(&counted.flush_nanos, began);
+                        counted.flushes.fetch_add(1, Ordering::Relaxed);
                         if let Err(e) = &result {
                             // The records are in the store; watchers still hear of them.
                             tracing::error!("store: flushing: {e}");
@@ -231,7 +283,7 @@ impl Writer {
             })?;
         Ok(Self {
             requests: Some(requests),
-            flushes,
+            counters,
             thread: Some(thread),
         })
     }
@@ -269,7 +321,11 @@ impl Writer {
 
     /// How many flushes the writer has made.
     pub fn flushes(&self) -> u64 {
-        self.flushes.load(Ordering::Relaxed)
+        self.counters.flushes.load(Ordering::Relaxed)
+    }
+
+    pub fn stats(&self) -> WriterStats {
+        self.counters.snapshot()
     }
 }
 

@@ -311,6 +311,23 @@ async fn sled_flush_per_write(db: sled::Db, record: Vec<u8>, writers: usize, sec
     .unwrap()
 }
 
+/// What the store's writer did between two snapshots: how many writes shared a transaction
+/// and how long its transactions and flushes took, the waits every Submit's record sits out.
+fn writer_report(a: mlgw::store::WriterStats, b: mlgw::store::WriterStats) -> String {
+    let batches = (b.batches - a.batches).max(1) as f64;
+    let flushes = (b.flushes - a.flushes).max(1) as f64;
+    format!(
+        "store writer: {} writes in {} transactions ({:.1} per transaction, {:.2} ms each), \
+         {} flushes ({:.2} ms each)",
+        b.writes - a.writes,
+        b.batches - a.batches,
+        (b.writes - a.writes) as f64 / batches,
+        (b.transaction_seconds - a.transaction_seconds) * 1e3 / batches,
+        b.flushes - a.flushes,
+        (b.flush_seconds - a.flush_seconds) * 1e3 / flushes,
+    )
+}
+
 async fn submit(o: &Opts) -> Vec<Row> {
     progress("2: Submit with a durable record, 64 clients, no-op target vs sled flush per write");
     let dir = tempfile::tempdir().unwrap();
@@ -333,11 +350,13 @@ async fn submit(o: &Opts) -> Vec<Row> {
         .open()
         .unwrap();
     let (mut b, mut g) = (Vec::new(), Vec::new());
+    let before = gw.store.writer_stats();
     for _ in 0..o.rounds {
         b.push(sled_flush_per_write(db.clone(), record.clone(), 64, o.secs).await);
         g.push(drive_submit(gateway.addr, 64, o.secs).await);
     }
     let (b, g) = (combine(&b), combine(&g));
+    progress(&writer_report(before, gw.store.writer_stats()));
     let submitted = gw
         .store
         .list_jobs(|_| true, None, usize::MAX)
