@@ -3,7 +3,7 @@
 //! store's indexes when Prometheus scrapes, so they are never out of step with it.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use prometheus::{
@@ -29,63 +29,53 @@ pub struct Metrics {
     jobs: IntGaugeVec,
     endpoints: IntGaugeVec,
     store_bytes: IntGauge,
-    writer: WriterCounters,
 }
 
-/// The store writer's own counters, brought up to date at each scrape. The mutex keeps two
-/// scrapes at once from adding the same difference twice.
-struct WriterCounters {
-    batches: IntCounter,
-    writes: IntCounter,
-    transaction_seconds: Counter,
-    flushes: IntCounter,
-    flush_seconds: Counter,
-    seen: Mutex<WriterStats>,
-}
-
-impl WriterCounters {
-    fn new() -> Self {
-        let int = |name: &str, help: &str| IntCounter::new(name, help).expect("a valid counter");
-        let float = |name: &str, help: &str| Counter::new(name, help).expect("a valid counter");
-        Self {
-            batches: int(
-                "mlgw_store_write_batches_total",
-                "Transactions of the store's job writer; writes_total over this is how many \
-                 writes share one.",
-            ),
-            writes: int(
-                "mlgw_store_writes_total",
-                "Job writes the store's writer applied.",
-            ),
-            transaction_seconds: float(
-                "mlgw_store_write_transaction_seconds_total",
-                "Time the store's writer spent in transactions.",
-            ),
-            flushes: int(
-                "mlgw_store_flushes_total",
-                "Flushes of the store's writer; each makes every write before it durable.",
-            ),
-            flush_seconds: float(
-                "mlgw_store_flush_seconds_total",
-                "Time the store's writer spent flushing, which the next batch waits out.",
-            ),
-            seen: Mutex::new(WriterStats::default()),
-        }
-    }
-
-    fn sync(&self, now: WriterStats) {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        self.batches
-            .inc_by(now.batches.saturating_sub(seen.batches));
-        self.writes.inc_by(now.writes.saturating_sub(seen.writes));
-        self.flushes
-            .inc_by(now.flushes.saturating_sub(seen.flushes));
-        self.transaction_seconds
-            .inc_by((now.transaction_seconds - seen.transaction_seconds).max(0.0));
-        self.flush_seconds
-            .inc_by((now.flush_seconds - seen.flush_seconds).max(0.0));
-        *seen = now;
-    }
+/// The store writer's counters as Prometheus counters, made at each scrape from the writer's
+/// own totals: they are the writer's numbers, so there is no second count to keep in step.
+fn writer_families(now: WriterStats) -> Vec<prometheus::proto::MetricFamily> {
+    use prometheus::core::Collector;
+    let int = |name: &str, help: &str, v: u64| {
+        let c = IntCounter::new(name, help).expect("a valid counter");
+        c.inc_by(v);
+        c.collect()
+    };
+    let float = |name: &str, help: &str, v: f64| {
+        let c = Counter::new(name, help).expect("a valid counter");
+        c.inc_by(v.max(0.0));
+        c.collect()
+    };
+    [
+        int(
+            "mlgw_store_write_batches_total",
+            "Transactions of the store's job writer; writes_total over this is how many \
+             writes share one.",
+            now.batches,
+        ),
+        int(
+            "mlgw_store_writes_total",
+            "Job writes the store's writer applied.",
+            now.writes,
+        ),
+        float(
+            "mlgw_store_write_transaction_seconds_total",
+            "Time the store's writer spent in transactions.",
+            now.transaction_seconds,
+        ),
+        int(
+            "mlgw_store_flushes_total",
+            "Flushes of the store's writer; each makes every write before it durable.",
+            now.flushes,
+        ),
+        float(
+            "mlgw_store_flush_seconds_total",
+            "Time the store's writer spent flushing, which the next batch waits out.",
+            now.flush_seconds,
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -147,7 +137,6 @@ impl Metrics {
             ),
             store_bytes: IntGauge::new("mlgw_store_size_bytes", "The store's size on disk.")
                 .expect("a valid gauge"),
-            writer: WriterCounters::new(),
         };
         for c in [
             Box::new(m.plugin_calls.clone()) as Box<dyn prometheus::core::Collector>,
@@ -157,11 +146,6 @@ impl Metrics {
             Box::new(m.jobs.clone()),
             Box::new(m.endpoints.clone()),
             Box::new(m.store_bytes.clone()),
-            Box::new(m.writer.batches.clone()),
-            Box::new(m.writer.writes.clone()),
-            Box::new(m.writer.transaction_seconds.clone()),
-            Box::new(m.writer.flushes.clone()),
-            Box::new(m.writer.flush_seconds.clone()),
         ] {
             m.registry.register(c).expect("each metric registered once");
         }
@@ -220,9 +204,11 @@ impl Metrics {
         }
         self.store_bytes
             .set(store.size_on_disk().map(|b| b as i64).unwrap_or(-1));
-        self.writer.sync(store.writer_stats());
+        let mut families = self.registry.gather();
+        families.extend(writer_families(store.writer_stats()));
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let _ = TextEncoder::new().encode(&families, &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
 }

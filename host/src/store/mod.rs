@@ -426,7 +426,7 @@ impl Store {
 
     /// Flushes the store's writer has made (for watchers or for callers of `flush`).
     pub fn flushes(&self) -> u64 {
-        self.writer.flushes()
+        self.writer.stats().flushes
     }
 
     /// The job writer's batches, transactions and flushes since the store opened.

@@ -319,11 +319,6 @@ impl Writer {
         }
     }
 
-    /// How many flushes the writer has made.
-    pub fn flushes(&self) -> u64 {
-        self.counters.flushes.load(Ordering::Relaxed)
-    }
-
     pub fn stats(&self) -> WriterStats {
         self.counters.snapshot()
     }
