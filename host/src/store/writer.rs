@@ -12,7 +12,10 @@
 //! send the result with the record's bytes as they read them; the writer applies a write only
 //! if the record is still those bytes, and otherwise answers `Applied::Changed` so the caller
 //! reads again (as `update_job` does). The writer itself numbers the changes for the feed, so
-//! feed order is the order the writes are applied and published in.
+//! feed order is the order the writes are applied and published in. An update that changes
+//! only the record, with no news and no index entry (a Submit's backend handle), does not come
+//! here: `update_job` swaps it in with one compare-and-swap, which sled orders against the
+//! writer's transactions like any read.
 //!
 //! Durability: an insert is answered once the flush after it is done (Submit's record must be
 //! on disk before it answers); an update as soon as it is applied (a caller that needs it
