@@ -424,11 +424,6 @@ impl Store {
         Ok(self.db.open_tree(name)?)
     }
 
-    /// Flushes the store's writer has made (for watchers or for callers of `flush`).
-    pub fn flushes(&self) -> u64 {
-        self.writer.stats().flushes
-    }
-
     /// The job writer's batches, transactions and flushes since the store opened.
     pub fn writer_stats(&self) -> WriterStats {
         self.writer.stats()
@@ -1829,7 +1824,7 @@ mod tests {
             .for_each(|r| {
                 r.unwrap();
             });
-        let after_inserts = s.flushes();
+        let after_inserts = s.writer_stats().flushes;
         for id in &ids {
             s.update_job(id, |j| {
                 j.transition(JobState::Running, String::new(), now_ms());
@@ -1840,7 +1835,7 @@ mod tests {
         }
         s.flush().await.unwrap();
         assert_eq!(
-            s.flushes(),
+            s.writer_stats().flushes,
             after_inserts + 1,
             "50 changes and one flush asked for: one flush"
         );
@@ -1854,6 +1849,24 @@ mod tests {
         );
     }
 
+    /// Runs `n` updates of job `id` at once, the `i`th applying `f(i, job)`, each to the end.
+    async fn update_together(
+        s: &Store,
+        id: &str,
+        n: usize,
+        f: impl Fn(usize, &mut Job) -> bool + Copy + Send + 'static,
+    ) {
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let (s, id) = (s.clone(), id.to_string());
+                tokio::spawn(async move { s.update_job(&id, move |j| f(i, j)).await.unwrap() })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_updates_of_one_job_each_apply_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -1861,23 +1874,12 @@ mod tests {
         s.insert_job(job("j-1"), None).await.unwrap();
         // Every task reads the same record, so all but one find it changed under them and
         // decide again on what the others wrote.
-        let tasks: Vec<_> = (0..64)
-            .map(|_| {
-                let s = s.clone();
-                tokio::spawn(async move {
-                    s.update_job("j-1", |j| {
-                        let n: u32 = j.message.parse().unwrap_or(0);
-                        j.message = (n + 1).to_string();
-                        false
-                    })
-                    .await
-                    .unwrap()
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
+        update_together(&s, "j-1", 64, |_, j| {
+            let n: u32 = j.message.parse().unwrap_or(0);
+            j.message = (n + 1).to_string();
+            false
+        })
+        .await;
         assert_eq!(s.job("j-1").unwrap().message, "64");
     }
 
@@ -1888,28 +1890,17 @@ mod tests {
         s.insert_job(job("j-1"), None).await.unwrap();
         // Half the updates only change the record (a compare-and-swap beside the writer), half
         // are news (the writer's transactions): each must see what the others wrote.
-        let tasks: Vec<_> = (0..64)
-            .map(|i| {
-                let s = s.clone();
-                tokio::spawn(async move {
-                    s.update_job("j-1", move |j| {
-                        let field = if i % 2 == 0 {
-                            &mut j.message
-                        } else {
-                            &mut j.backend_state
-                        };
-                        let n: u32 = field.parse().unwrap_or(0);
-                        *field = (n + 1).to_string();
-                        i % 2 == 1
-                    })
-                    .await
-                    .unwrap()
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
+        update_together(&s, "j-1", 64, |i, j| {
+            let field = if i % 2 == 0 {
+                &mut j.message
+            } else {
+                &mut j.backend_state
+            };
+            let n: u32 = field.parse().unwrap_or(0);
+            *field = (n + 1).to_string();
+            i % 2 == 1
+        })
+        .await;
         s.flush().await.unwrap();
         drop(s);
         let s = reopen(dir.path()).await;
@@ -1969,6 +1960,9 @@ mod tests {
             .expect("published within the window")
             .unwrap();
         assert!(matches!(got, Change::Job(j) if j.id == id));
-        assert!(s.flushes() >= 1, "only after a flush made it durable");
+        assert!(
+            s.writer_stats().flushes >= 1,
+            "only after a flush made it durable"
+        );
     }
 }
