@@ -1,7 +1,5 @@
-// musl's allocator serialises threads on one lock; the static image binary uses mimalloc.
-#[cfg(target_env = "musl")]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: mlgw::Allocator = mlgw::Allocator;
 
 fn main() -> std::process::ExitCode {
     mlgw::cli::main()
