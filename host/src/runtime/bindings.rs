@@ -6,8 +6,9 @@ use super::bounds::Bounds;
 use crate::domain;
 use crate::runtime::BackendFailure;
 
+pub use crate::contract::exports::mlgw::backend::plugin;
 pub use crate::contract::types as wit;
-pub use crate::contract::{Backend, BackendPre, serving, training};
+pub use crate::contract::{serving, training};
 
 pub fn resources_to_wit(r: &domain::Resources) -> wit::Resources {
     wit::Resources {
