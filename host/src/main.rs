@@ -1,5 +1,4 @@
-#[global_allocator]
-static GLOBAL: mlgw::Allocator = mlgw::Allocator;
+mlgw::use_gateway_allocator!();
 
 fn main() -> std::process::ExitCode {
     mlgw::cli::main()

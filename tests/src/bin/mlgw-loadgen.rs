@@ -23,8 +23,7 @@ use mlgw::domain::{JobState, TrainingSpec};
 use mlgw_tests::bench::{arg, drive_get, get_job_pair, supervisor};
 
 // The gateway's own allocator, so the gateway measured here allocates as `mlgw` does.
-#[global_allocator]
-static GLOBAL: mlgw::Allocator = mlgw::Allocator;
+mlgw::use_gateway_allocator!();
 
 /// Runs `op` sequentially, 200 times to warm up and then `n` times timed, and prints p50/p99.
 async fn sample<F: std::future::Future<Output = ()>>(what: &str, n: usize, op: impl Fn() -> F) {
