@@ -240,3 +240,32 @@ async fn oversized_answers_fail_their_own_call_and_never_grow_the_store() {
         ["line 0", "line 1", "line 2"]
     );
 }
+
+/// A component that exports none of the world's interfaces is refused when the gateway loads
+/// it, naming the plugin, not on the first call that needs an interface.
+#[tokio::test]
+async fn a_plugin_that_does_not_fit_the_world_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    // The whole binary of an empty component: the magic, then the component-model version.
+    let empty = dir.path().join("empty.wasm");
+    std::fs::write(&empty, b"\0asm\x0d\x00\x01\x00").unwrap();
+    let config = dir.path().join("mlgw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "default_target = \"nothing\"\n[plugins]\nempty = \"{}\"\n[targets.nothing]\nplugin = \"empty\"\n",
+            empty.display()
+        ),
+    )
+    .unwrap();
+    let mut cfg = mlgw::config::Config::load(&config).unwrap();
+    cfg.data_dir = dir.path().join("data");
+    let err = match mlgw::server::build(&cfg).await {
+        Ok(_) => panic!("a gateway started with a plugin that exports nothing"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("plugin empty does not fit the mlgw:backend world"),
+        "{err}"
+    );
+}
