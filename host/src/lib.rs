@@ -54,3 +54,21 @@ macro_rules! use_gateway_allocator {
         static CONFIGURE_ALLOCATOR: extern "C" fn() = $crate::configure_allocator;
     };
 }
+
+#[cfg(test)]
+mod tests {
+    /// The sys crate names no constant for the option, so its index is pinned here: 4 is the
+    /// one option whose default is 2 ("eager where the OS overcommits"), and setting it sticks.
+    #[test]
+    fn the_allocator_option_set_is_arena_eager_commit() {
+        use libmimalloc_sys::mi_option_get;
+        // SAFETY: reads and sets options; no other test touches them.
+        unsafe {
+            assert_eq!(mi_option_get(super::MI_OPTION_ARENA_EAGER_COMMIT), 2);
+            assert_eq!(mi_option_get(super::MI_OPTION_ARENA_EAGER_COMMIT - 1), 1);
+            assert_eq!(mi_option_get(super::MI_OPTION_ARENA_EAGER_COMMIT + 1), 1);
+            super::configure_allocator();
+            assert_eq!(mi_option_get(super::MI_OPTION_ARENA_EAGER_COMMIT), 0);
+        }
+    }
+}
