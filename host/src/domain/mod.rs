@@ -67,6 +67,21 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [JobState; 5] = {
+        // Stops compiling when a state is added, until it is listed here too.
+        match Self::Pending {
+            Self::Pending | Self::Running | Self::Succeeded | Self::Failed | Self::Cancelled => {}
+        }
+        [
+            Self::Pending,
+            Self::Running,
+            Self::Succeeded,
+            Self::Failed,
+            Self::Cancelled,
+        ]
+    };
+
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
     }

@@ -227,8 +227,8 @@ impl Gateway {
         }
         // Read only the records the narrowest index holds.
         let index = match (filter.target.as_deref(), filter.state) {
-            (Some(t), Some(s)) if !s.is_terminal() => Some(JobIndex::Live(t)),
-            (_, Some(s)) => Some(JobIndex::State(s)),
+            (Some(t), Some(s)) => Some(JobIndex::TargetState(t, s)),
+            (None, Some(s)) => Some(JobIndex::State(s)),
             (Some(t), None) => Some(JobIndex::Target(t)),
             (None, None) => None,
         };

@@ -83,22 +83,21 @@ pub struct Store {
     written: broadcast::Sender<Arc<str>>,
 }
 
-/// The index entries a job has: by target, by state, by tenant, live by target, and once it
-/// has ended, by when.
+/// The index entries a job has: by target and state, by target, by state, and once it has
+/// ended, by when. A target's live jobs are its entries under the states that are not
+/// terminal; there is no tenant index until something lists by tenant. Each entry is a write
+/// in every Submit's transaction, so none is kept that no query reads.
 fn job_index_keys(j: &Job) -> Vec<Vec<u8>> {
     let mut keys = vec![
         index_key(b'j', b'x', &target_state(&j.target, j.state), &j.id),
         index_key(b'j', b't', &j.target, &j.id),
         index_key(b'j', b's', j.state.as_str(), &j.id),
-        index_key(b'j', b'n', &j.tenant, &j.id),
     ];
     if j.state.is_terminal() {
         // A terminal job always has `finished_at` once `transition` made it so; a record
         // that reached its end another way ended at its last update.
         let ended = j.finished_at.unwrap_or(j.updated_at);
         keys.push(index_key(b'j', b'f', &ended_value(ended), &j.id));
-    } else {
-        keys.push(index_key(b'j', b'l', &j.target, &j.id));
     }
     keys
 }
@@ -116,7 +115,8 @@ fn idem_owner_key(kind: u8, id: &str, ikey: &[u8]) -> Vec<u8> {
     k
 }
 
-/// The by-target-and-state index's value: what the metrics count.
+/// The by-target-and-state index's value: what the metrics count, a filtered List reads and
+/// the live jobs are found under.
 fn target_state(target: &str, state: JobState) -> String {
     format!("{target}\0{}", state.as_str())
 }
@@ -148,20 +148,17 @@ fn index_prefix(kind: u8, index: u8, value: &str) -> Vec<u8> {
 /// Which index a job listing can use instead of reading every record.
 #[derive(Debug, Clone, Copy)]
 pub enum JobIndex<'a> {
-    /// A target's jobs that have not ended.
-    Live(&'a str),
+    TargetState(&'a str, JobState),
     Target(&'a str),
     State(JobState),
-    Tenant(&'a str),
 }
 
 impl JobIndex<'_> {
     fn prefix(self) -> Vec<u8> {
         match self {
-            Self::Live(t) => index_prefix(b'j', b'l', t),
+            Self::TargetState(t, s) => index_prefix(b'j', b'x', &target_state(t, s)),
             Self::Target(t) => index_prefix(b'j', b't', t),
             Self::State(s) => index_prefix(b'j', b's', s.as_str()),
-            Self::Tenant(t) => index_prefix(b'j', b'n', t),
         }
     }
 }
@@ -183,7 +180,7 @@ fn reindex<E>(
 
 const INDEX_VERSION: &[u8] = b"index-version";
 /// Bump when the index keys change: the next open rebuilds them.
-const INDEX_CURRENT: &[u8] = b"3";
+const INDEX_CURRENT: &[u8] = b"4";
 
 /// Records removed in one pruning transaction: small enough that the writes of live records
 /// never wait long behind it.
@@ -661,28 +658,30 @@ impl Store {
         Ok(self.db.size_on_disk()?)
     }
 
-    /// One target's jobs that have not ended, from the live index.
+    /// One target's jobs that have not ended, oldest first, from the index.
     pub fn live_jobs_of(&self, target: &str) -> Result<Vec<Job>> {
-        let prefix = index_prefix(b'j', b'l', target);
         let mut out = Vec::new();
-        for item in self.index.scan_prefix(&prefix) {
-            let (k, _) = item?;
-            let id = &k[prefix.len()..];
-            if let Some(v) = self.jobs.get(id)? {
-                out.push(decode(id, &v)?);
+        for id in self.live_job_ids_of(target)? {
+            if let Some(v) = self.jobs.get(&id)? {
+                out.push(decode(id.as_bytes(), &v)?);
             }
         }
         Ok(out)
     }
 
-    /// The ids of one target's jobs that have not ended: index keys only, no record read.
+    /// The ids of one target's jobs that have not ended, oldest first: index keys only, no
+    /// record read.
     pub fn live_job_ids_of(&self, target: &str) -> Result<Vec<String>> {
-        let prefix = index_prefix(b'j', b'l', target);
-        self.index
-            .scan_prefix(&prefix)
-            .keys()
-            .map(|k| Ok(String::from_utf8_lossy(&k?[prefix.len()..]).into_owned()))
-            .collect()
+        let mut ids = Vec::new();
+        for state in JobState::ALL.into_iter().filter(|s| !s.is_terminal()) {
+            let prefix = JobIndex::TargetState(target, state).prefix();
+            for k in self.index.scan_prefix(&prefix).keys() {
+                ids.push(String::from_utf8_lossy(&k?[prefix.len()..]).into_owned());
+            }
+        }
+        // Each state's ids are in creation order; so are the ids of all of them together.
+        ids.sort_unstable();
+        Ok(ids)
     }
 
     /// The job's recorded changes with a sequence above `after`, oldest first.
@@ -1288,6 +1287,63 @@ mod tests {
             by_state.iter().map(|j| &j.id).collect::<Vec<_>>(),
             vec![&ids[0]]
         );
+    }
+
+    #[tokio::test]
+    async fn a_targets_live_jobs_span_its_live_states_and_old_index_keys_are_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = (0..4).map(|_| new_id("j")).collect();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            for (i, id) in ids.iter().enumerate() {
+                let mut j = job(id);
+                j.target = if i == 3 { "b" } else { "a" }.into();
+                s.insert_job(j, None).await.unwrap();
+            }
+            // a: running, pending, running; b: running.
+            for id in [&ids[0], &ids[2], &ids[3]] {
+                s.update_job(id, |j| {
+                    j.transition(JobState::Running, String::new(), 2);
+                    true
+                })
+                .await
+                .unwrap();
+            }
+            // As a store written with version 3's keys: a tenant entry and a live entry that
+            // no record has any more.
+            s.index
+                .insert(index_key(b'j', b'n', "default", &ids[1]), &[][..])
+                .unwrap();
+            s.index
+                .insert(index_key(b'j', b'l', "a", "j-gone"), &[][..])
+                .unwrap();
+            s.meta.insert(INDEX_VERSION, &b"3"[..]).unwrap();
+            s.db.flush().unwrap();
+        }
+        let s = reopen(dir.path()).await;
+        assert_eq!(s.live_job_ids_of("a").unwrap(), &ids[..3], "oldest first");
+        assert_eq!(s.live_job_ids_of("b").unwrap(), &ids[3..]);
+        let running_a = s
+            .list_jobs_by(
+                Some(JobIndex::TargetState("a", JobState::Running)),
+                |_| true,
+                None,
+                10,
+            )
+            .unwrap()
+            .0;
+        assert_eq!(
+            running_a.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+            [ids[2].as_str(), ids[0].as_str()],
+            "newest first, only a's running jobs"
+        );
+        let kinds: std::collections::BTreeSet<u8> = s
+            .index
+            .scan_prefix([b'j'])
+            .keys()
+            .map(|k| k.unwrap()[1])
+            .collect();
+        assert_eq!(kinds, [b's', b't', b'x'].into(), "the old keys are gone");
     }
 
     #[tokio::test]
