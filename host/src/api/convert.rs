@@ -72,27 +72,29 @@ pub fn training_spec(s: pb::TrainingJobSpec) -> TrainingSpec {
     }
 }
 
-fn training_spec_to(s: &TrainingSpec) -> pb::TrainingJobSpec {
+/// By value: every caller has just read the record and answers with it, so its strings move
+/// into the message instead of being copied (GetJob is a read, a decode and this).
+fn training_spec_to(s: TrainingSpec) -> pb::TrainingJobSpec {
     pb::TrainingJobSpec {
-        name: s.name.clone(),
-        image: s.image.clone().unwrap_or_default(),
-        command: s.command.clone(),
-        args: s.args.clone(),
-        env: s.env.clone().into_iter().collect(),
-        hyperparameters: s.hyperparameters.clone().into_iter().collect(),
+        resources: Some(resources_to(&s.resources)),
+        name: s.name,
+        image: s.image.unwrap_or_default(),
+        command: s.command,
+        args: s.args,
+        env: s.env.into_iter().collect(),
+        hyperparameters: s.hyperparameters.into_iter().collect(),
         inputs: s
             .inputs
-            .iter()
+            .into_iter()
             .map(|i| pb::InputChannel {
-                name: i.name.clone(),
-                uri: i.uri.clone(),
+                name: i.name,
+                uri: i.uri,
             })
             .collect(),
-        output_uri: s.output_uri.clone().unwrap_or_default(),
-        resources: Some(resources_to(&s.resources)),
+        output_uri: s.output_uri.unwrap_or_default(),
         max_runtime_seconds: s.max_runtime_seconds.unwrap_or(0),
-        framework: s.framework.clone().unwrap_or_default(),
-        code_uri: s.code_uri.clone().unwrap_or_default(),
+        framework: s.framework.unwrap_or_default(),
+        code_uri: s.code_uri.unwrap_or_default(),
     }
 }
 
@@ -121,36 +123,32 @@ pub fn job_state_from(v: i32, field: &str) -> Result<Option<JobState>, GatewayEr
     })
 }
 
-pub fn job(j: &Job) -> pb::Job {
+pub fn job(j: Job) -> pb::Job {
     pb::Job {
-        id: j.id.clone(),
-        target: j.target.clone(),
-        spec: Some(training_spec_to(&j.spec)),
+        id: j.id,
+        target: j.target,
+        spec: Some(training_spec_to(j.spec)),
         state: job_state_to(j.state) as i32,
-        message: j.message.clone(),
-        backend_state: j.backend_state.clone(),
-        backend_ref: j
-            .backend_ref
-            .as_ref()
-            .map(|r| r.name.clone())
-            .unwrap_or_default(),
-        output_uri: j.output_uri.clone().unwrap_or_default(),
+        message: j.message,
+        backend_state: j.backend_state,
+        backend_ref: j.backend_ref.map(|r| r.name).unwrap_or_default(),
+        output_uri: j.output_uri.unwrap_or_default(),
         created_at: Some(ts(j.created_at)),
         updated_at: Some(ts(j.updated_at)),
         finished_at: j.finished_at.map(ts),
         cancel_requested: j.cancel_requested,
-        tenant: j.tenant.clone(),
+        tenant: j.tenant,
     }
 }
 
-pub fn job_event(j: &Job) -> pb::JobEvent {
+pub fn job_event(j: Job) -> pb::JobEvent {
     pb::JobEvent {
         sequence: j.sequence,
         state: job_state_to(j.state) as i32,
         message: j.message.clone(),
         time: Some(ts(j.updated_at)),
-        job: Some(job(j)),
         feed_sequence: j.feed_sequence,
+        job: Some(job(j)),
     }
 }
 

@@ -45,14 +45,14 @@ impl TrainingService for TrainingApi {
             .submit_job(&r.target, convert::training_spec(spec), key)
             .await
             .map_err(to_status)?;
-        Ok(Response::new(convert::job(&job)))
+        Ok(Response::new(convert::job(job)))
     }
 
     async fn get(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         let id = req.into_inner().id;
         validate_id("id", &id).map_err(field_status)?;
         let job = self.gw.get_job(&id).map_err(to_status)?;
-        Ok(Response::new(convert::job(&job)))
+        Ok(Response::new(convert::job(job)))
     }
 
     async fn list(
@@ -72,7 +72,7 @@ impl TrainingService for TrainingApi {
             .list_jobs(&filter, token.as_deref(), page_size)
             .map_err(to_status)?;
         Ok(Response::new(pb::ListJobsResponse {
-            jobs: jobs.iter().map(convert::job).collect(),
+            jobs: jobs.into_iter().map(convert::job).collect(),
             next_page_token: next.unwrap_or_default(),
         }))
     }
@@ -84,7 +84,7 @@ impl TrainingService for TrainingApi {
         let id = req.into_inner().id;
         validate_id("id", &id).map_err(field_status)?;
         let job = self.gw.cancel_job(&id).await.map_err(to_status)?;
-        Ok(Response::new(convert::job(&job)))
+        Ok(Response::new(convert::job(job)))
     }
 
     type WatchStream = Streamed<pb::JobEvent>;
@@ -134,9 +134,9 @@ impl TrainingService for TrainingApi {
             }
             self.gw.watch_job(&r.id).map_err(to_status)?
         };
-        Ok(Response::new(Box::pin(stream.map(|r| {
-            r.map(|j| convert::job_event(&j)).map_err(to_status)
-        }))))
+        Ok(Response::new(Box::pin(
+            stream.map(|r| r.map(convert::job_event).map_err(to_status)),
+        )))
     }
 
     type LogsStream = Streamed<pb::LogLine>;
