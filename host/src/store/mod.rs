@@ -645,7 +645,7 @@ impl Store {
 
     /// How many of `target`'s jobs are in `state`: index keys counted, no record read.
     pub fn count_jobs(&self, target: &str, state: JobState) -> Result<i64> {
-        let prefix = index_prefix(b'j', b'x', &target_state(target, state));
+        let prefix = JobIndex::TargetState(target, state).prefix();
         let mut n = 0;
         for item in self.index.scan_prefix(prefix) {
             item?;
@@ -679,7 +679,7 @@ impl Store {
                 ids.push(String::from_utf8_lossy(&k?[prefix.len()..]).into_owned());
             }
         }
-        // Each state's ids are in creation order; so are the ids of all of them together.
+        // Each state's ids come in creation order; sorted, so do all of them together.
         ids.sort_unstable();
         Ok(ids)
     }
@@ -1238,12 +1238,25 @@ mod tests {
     }
 
     async fn done(s: &Store, id: &str) {
+        move_to(s, id, JobState::Succeeded, 3).await;
+    }
+
+    async fn move_to(s: &Store, id: &str, state: JobState, at: Millis) {
         s.update_job(id, |j| {
-            j.transition(JobState::Succeeded, String::new(), 3);
+            j.transition(state, String::new(), at);
             true
         })
         .await
         .unwrap();
+    }
+
+    /// Inserts a job for each id, the `i`th on `target(i)`.
+    async fn insert_on(s: &Store, ids: &[String], target: impl Fn(usize) -> &'static str) {
+        for (i, id) in ids.iter().enumerate() {
+            let mut j = job(id);
+            j.target = target(i).into();
+            s.insert_job(j, None).await.unwrap();
+        }
     }
 
     #[tokio::test]
@@ -1252,11 +1265,7 @@ mod tests {
         let ids: Vec<String> = (0..4).map(|_| new_id("j")).collect();
         {
             let s = Store::open(dir.path()).unwrap();
-            for (i, id) in ids.iter().enumerate() {
-                let mut j = job(id);
-                j.target = if i % 2 == 0 { "a" } else { "b" }.into();
-                s.insert_job(j, None).await.unwrap();
-            }
+            insert_on(&s, &ids, |i| if i % 2 == 0 { "a" } else { "b" }).await;
             done(&s, &ids[0]).await;
             s.db.flush().unwrap();
         }
@@ -1295,19 +1304,10 @@ mod tests {
         let ids: Vec<String> = (0..4).map(|_| new_id("j")).collect();
         {
             let s = Store::open(dir.path()).unwrap();
-            for (i, id) in ids.iter().enumerate() {
-                let mut j = job(id);
-                j.target = if i == 3 { "b" } else { "a" }.into();
-                s.insert_job(j, None).await.unwrap();
-            }
+            insert_on(&s, &ids, |i| if i == 3 { "b" } else { "a" }).await;
             // a: running, pending, running; b: running.
             for id in [&ids[0], &ids[2], &ids[3]] {
-                s.update_job(id, |j| {
-                    j.transition(JobState::Running, String::new(), 2);
-                    true
-                })
-                .await
-                .unwrap();
+                move_to(&s, id, JobState::Running, 2).await;
             }
             // As a store written with version 3's keys: a tenant entry and a live entry that
             // no record has any more.
