@@ -11,7 +11,9 @@
 //! pruned with everything that belongs to them (see `prune_batch`), found through an index by
 //! the time they ended.
 
+mod record;
 mod writer;
+use record::{decode_event, decode_job, encode_event, encode_job, event_feed_sequence};
 pub use writer::WriterStats;
 
 use std::path::Path;
@@ -23,7 +25,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tokio::sync::broadcast;
 
 use crate::domain::validate::validate_page_token;
-use crate::domain::{BackendRef, Endpoint, EndpointState, FieldError, Job, JobState, Millis};
+use crate::domain::{Endpoint, EndpointState, FieldError, Job, JobState, Millis};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -192,6 +194,8 @@ pub enum Inserted<T> {
     Existing(T),
 }
 
+/// Endpoint records, as JSON: few and rarely written. Jobs and their events are laid out by
+/// `record`.
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("domain records always serialise")
 }
@@ -226,89 +230,6 @@ fn event_prefix(id: &str) -> Vec<u8> {
 /// The job an event key belongs to.
 fn event_job_id(event: &[u8]) -> &[u8] {
     &event[..event.len().saturating_sub(9)]
-}
-
-/// A job event: the job's status at one version. A job's id, tenant, target, spec and
-/// creation time never change after insert (the bulk of it: command, env, hyperparameters,
-/// inputs), so they are kept once, in the record, and each event only holds the rest. The
-/// field names are the job's own: an event written before, a whole job, decodes as this too
-/// (the immutable fields ignored, being the record's).
-#[derive(Serialize)]
-struct EventOut<'a> {
-    state: JobState,
-    message: &'a str,
-    backend_state: &'a str,
-    backend_ref: &'a Option<BackendRef>,
-    output_uri: &'a Option<String>,
-    updated_at: Millis,
-    finished_at: Option<Millis>,
-    cancel_requested: bool,
-    cancel_sent_at: Option<Millis>,
-    sequence: u64,
-    feed_sequence: u64,
-}
-
-#[derive(serde::Deserialize)]
-struct Event {
-    state: JobState,
-    message: String,
-    backend_state: String,
-    backend_ref: Option<BackendRef>,
-    output_uri: Option<String>,
-    updated_at: Millis,
-    finished_at: Option<Millis>,
-    cancel_requested: bool,
-    #[serde(default)]
-    cancel_sent_at: Option<Millis>,
-    sequence: u64,
-    #[serde(default)]
-    feed_sequence: u64,
-}
-
-/// Only an event's place in the feed.
-#[derive(serde::Deserialize)]
-struct EventFeedSequence {
-    #[serde(default)]
-    feed_sequence: u64,
-}
-
-fn encode_event(j: &Job) -> Vec<u8> {
-    encode(&EventOut {
-        state: j.state,
-        message: &j.message,
-        backend_state: &j.backend_state,
-        backend_ref: &j.backend_ref,
-        output_uri: &j.output_uri,
-        updated_at: j.updated_at,
-        finished_at: j.finished_at,
-        cancel_requested: j.cancel_requested,
-        cancel_sent_at: j.cancel_sent_at,
-        sequence: j.sequence,
-        feed_sequence: j.feed_sequence,
-    })
-}
-
-/// The job as it was at `event`: the record's immutable part with the event's status.
-fn decode_event(key: &[u8], bytes: &[u8], record: &Job) -> Result<Job> {
-    let e: Event = decode(key, bytes)?;
-    Ok(Job {
-        id: record.id.clone(),
-        tenant: record.tenant.clone(),
-        target: record.target.clone(),
-        spec: record.spec.clone(),
-        created_at: record.created_at,
-        state: e.state,
-        message: e.message,
-        backend_state: e.backend_state,
-        backend_ref: e.backend_ref,
-        output_uri: e.output_uri,
-        updated_at: e.updated_at,
-        finished_at: e.finished_at,
-        cancel_requested: e.cancel_requested,
-        cancel_sent_at: e.cancel_sent_at,
-        sequence: e.sequence,
-        feed_sequence: e.feed_sequence,
-    })
 }
 
 fn feed_seq(key: &[u8]) -> u64 {
@@ -371,7 +292,7 @@ impl Store {
         self.index.clear()?;
         for item in self.jobs.iter() {
             let (k, v) = item?;
-            let job: Job = decode(&k, &v)?;
+            let job = decode_job(&k, &v)?;
             for key in job_index_keys(&job) {
                 self.index.insert(key, &[][..])?;
             }
@@ -459,7 +380,7 @@ impl Store {
                     let id = event_job_id(&event);
                     if !records.contains_key(id) {
                         let record = match self.jobs.get(id)? {
-                            Some(r) => Some(decode::<Job>(id, &r)?),
+                            Some(r) => Some(decode_job(id, &r)?),
                             None => None,
                         };
                         records.insert(id.to_vec(), record);
@@ -504,7 +425,7 @@ impl Store {
 
     pub fn job(&self, id: &str) -> Result<Job> {
         match self.jobs.get(id)? {
-            Some(b) => decode(id.as_bytes(), &b),
+            Some(b) => decode_job(id.as_bytes(), &b),
             None => Err(StoreError::NotFound(format!("job {id}"))),
         }
     }
@@ -522,7 +443,7 @@ impl Store {
             let Some(expect) = self.jobs.get(id)? else {
                 return Err(StoreError::NotFound(format!("job {id}")));
             };
-            let before: Job = decode(id.as_bytes(), &expect)?;
+            let before = decode_job(id.as_bytes(), &expect)?;
             let mut job = before.clone();
             let notify = f(&mut job);
             if !notify && job == before {
@@ -537,7 +458,7 @@ impl Store {
                 // compare the record as this leaves it.
                 match self
                     .jobs
-                    .compare_and_swap(id, Some(&expect), Some(encode(&job)))?
+                    .compare_and_swap(id, Some(&expect), Some(encode_job(&job)))?
                 {
                     Ok(()) => {
                         let _ = self.written.send(job.id.as_str().into());
@@ -551,7 +472,7 @@ impl Store {
             }
             let write = writer::JobWrite::Update {
                 expect,
-                bytes: (!notify).then(|| encode(&job)),
+                bytes: (!notify).then(|| encode_job(&job)),
                 old_keys,
                 new_keys,
                 notify,
@@ -613,7 +534,7 @@ impl Store {
                 };
                 for item in iter.rev() {
                     let (k, v) = item?;
-                    if let Some(n) = take(decode(&k, &v)?) {
+                    if let Some(n) = take(decode_job(&k, &v)?) {
                         next = n;
                         break;
                     }
@@ -633,7 +554,7 @@ impl Store {
                     let Some(v) = self.jobs.get(id)? else {
                         continue;
                     };
-                    if let Some(n) = take(decode(id, &v)?) {
+                    if let Some(n) = take(decode_job(id, &v)?) {
                         next = n;
                         break;
                     }
@@ -663,7 +584,7 @@ impl Store {
         let mut out = Vec::new();
         for id in self.live_job_ids_of(target)? {
             if let Some(v) = self.jobs.get(&id)? {
-                out.push(decode(id.as_bytes(), &v)?);
+                out.push(decode_job(id.as_bytes(), &v)?);
             }
         }
         Ok(out)
@@ -938,13 +859,13 @@ impl Store {
             let owners = idem_owner_key(kind, &id_str, b"");
             if kind == b'j' {
                 if let Some(bytes) = self.jobs.get(&d.id)? {
-                    let job: Job = decode(&d.id, &bytes)?;
+                    let job = decode_job(&d.id, &bytes)?;
                     if job.state.is_terminal() {
                         d.index_keys = job_index_keys(&job);
                         for item in self.events.scan_prefix(event_prefix(&id_str)) {
                             let (k, v) = item?;
-                            let e: EventFeedSequence = decode(&k, &v)?;
-                            d.events.push((k, e.feed_sequence));
+                            let seq = event_feed_sequence(&k, &v)?;
+                            d.events.push((k, seq));
                         }
                         d.record = Some(bytes);
                     }
@@ -1145,7 +1066,7 @@ pub(crate) fn test_job(id: &str) -> Job {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{TrainingSpec, now_ms};
+    use crate::domain::{BackendRef, TrainingSpec, now_ms};
 
     fn job(id: &str) -> Job {
         test_job(id)
@@ -1568,10 +1489,12 @@ mod tests {
             .unwrap()
             .unwrap()
             .len();
-        // What an event was before: the whole job.
+        // What an event was before: the whole job, as JSON.
         let whole = encode(&running).len();
-        println!("bytes per event: {whole} as a whole job, {event} as its status");
-        assert_eq!(whole, record);
+        println!(
+            "bytes: {whole} for the whole job in JSON, {record} for its record, {event} for its event"
+        );
+        assert_eq!(encode_job(&running).len(), record);
         assert!(
             event * 4 < record,
             "an event of {event} bytes against a record of {record}"
@@ -1590,6 +1513,35 @@ mod tests {
             .filter_map(|(_, j)| j)
             .collect();
         assert_eq!(feed, evs);
+    }
+
+    #[tokio::test]
+    async fn a_record_written_as_json_reads_lists_and_takes_the_new_format_when_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let id = new_id("j");
+        let Inserted::Created(job) = s.insert_job(realistic_job(&id), None).await.unwrap() else {
+            panic!("a new job")
+        };
+        // The record as stores before this wrote it.
+        s.jobs.insert(id.as_bytes(), encode(&job)).unwrap();
+        assert_eq!(s.job(&id).unwrap(), job);
+        let listed = s
+            .list_jobs_by(Some(JobIndex::State(JobState::Pending)), |_| true, None, 10)
+            .unwrap()
+            .0;
+        assert_eq!(listed, vec![job.clone()]);
+        let running = s
+            .update_job(&id, |j| {
+                j.transition(JobState::Running, "started".into(), now_ms());
+                true
+            })
+            .await
+            .unwrap();
+        let bytes = s.jobs.get(&id).unwrap().unwrap();
+        assert_eq!(bytes.first(), Some(&1), "rewritten as protobuf");
+        assert!(bytes.len() < encode(&running).len());
+        assert_eq!(s.job(&id).unwrap(), running);
     }
 
     #[tokio::test]

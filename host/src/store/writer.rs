@@ -38,7 +38,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tokio::sync::{broadcast, oneshot};
 
 use super::{
-    Change, EventFeedSequence, StoreError, decode, encode, encode_event, event_key, idem_owner_key,
+    Change, StoreError, encode_event, encode_job, event_feed_sequence, event_key, idem_owner_key,
     reindex,
 };
 use crate::domain::Job;
@@ -391,7 +391,7 @@ fn apply_one(
             let mut job = job.clone();
             job.feed_sequence = next_feed_sequence();
             let event = event_key(id, job.sequence);
-            jobs.insert(id.as_bytes(), encode(&job))?;
+            jobs.insert(id.as_bytes(), encode_job(&job))?;
             events.insert(event.as_slice(), encode_event(&job))?;
             feed.insert(&job.feed_sequence.to_be_bytes()[..], event)?;
             reindex(index, &[], keys)?;
@@ -419,15 +419,15 @@ fn apply_one(
                 }
                 None => {
                     job.feed_sequence = next_feed_sequence();
-                    jobs.insert(id.as_bytes(), encode(&job))?;
+                    jobs.insert(id.as_bytes(), encode_job(&job))?;
                     let event = event_key(id, job.sequence);
                     // A change that replaces this version's event takes its place in the
                     // feed too: each event has one feed entry, which pruning removes. (An
                     // entry left behind would be skipped: its event no longer has its number.)
                     if let Some(prev) = events.insert(event.as_slice(), encode_event(&job))?
-                        && let Ok(prev) = decode::<EventFeedSequence>(&event, &prev)
+                        && let Ok(prev) = event_feed_sequence(&event, &prev)
                     {
-                        let at = prev.feed_sequence.to_be_bytes();
+                        let at = prev.to_be_bytes();
                         if feed.get(at)?.as_deref() == Some(event.as_slice()) {
                             feed.remove(&at[..])?;
                         }

@@ -344,7 +344,15 @@ async fn submit(o: &Opts) -> Vec<Row> {
         .await
         .unwrap()
         .into_inner();
-    let record = serde_json::to_vec(&gw.store.job(&one.id).unwrap()).unwrap();
+    // The record's bytes as the store holds them, read from its tree.
+    let record = gw
+        .store
+        .tree("jobs")
+        .unwrap()
+        .get(&one.id)
+        .unwrap()
+        .expect("the acknowledged job is stored")
+        .to_vec();
     let db = sled::Config::new()
         .path(dir.path().join("baseline"))
         .open()
