@@ -146,24 +146,24 @@ async fn a_pytorchjob_runs_through_the_operator_to_success() {
     let (condition, _) = watch_until(&k, &r, &["Succeeded", "Failed"]).await;
     assert_eq!(condition, "Succeeded");
 
-    // The operator made one pod per replica; the GPU limit put them on the GPU node.
-    let pods: Value = serde_json::from_str(
-        &k.list(
-            "v1",
-            "Pod",
-            "",
-            &format!("training.kubeflow.org/job-name={name}"),
-            0,
-            "",
-        )
-        .await
-        .expect("list pods by label"),
-    )
-    .unwrap();
-    let pods = pods["items"].as_array().unwrap();
+    // The operator made one pod per replica; the GPU limit put them on the GPU node. The job
+    // succeeds with its master, so a worker's own end may be recorded a moment after.
+    let selector = format!("training.kubeflow.org/job-name={name}");
+    let pods = wait_for(Duration::from_secs(60), "both pods succeeded", || {
+        let (k, selector) = (&k, &selector);
+        async move {
+            let pods: Value =
+                serde_json::from_str(&k.list("v1", "Pod", "", selector, 0, "").await.ok()?)
+                    .unwrap();
+            let pods = pods["items"].as_array()?.clone();
+            pods.iter()
+                .all(|p| p["status"]["phase"] == "Succeeded")
+                .then_some(pods)
+        }
+    })
+    .await;
     assert_eq!(pods.len(), 2, "{pods:#?}");
-    for p in pods {
-        assert_eq!(p["status"]["phase"], "Succeeded");
+    for p in &pods {
         assert_eq!(p["spec"]["nodeName"], "kwok-gpu-0");
     }
 
@@ -193,7 +193,6 @@ async fn a_pytorchjob_runs_through_the_operator_to_success() {
     // Foreground deletion takes the pods with it.
     k.delete(&r, Propagation::Foreground).await.expect("delete");
     let admin_pods: Api<Pod> = Api::namespaced(client(&c.admin).await, TEAM);
-    let selector = format!("training.kubeflow.org/job-name={name}");
     wait_for(Duration::from_secs(60), "the job and its pods gone", || {
         let k = &k;
         let r = &r;
