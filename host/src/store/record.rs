@@ -12,7 +12,7 @@
 use prost::Message;
 
 use super::{Result, StoreError};
-use crate::domain::{BackendRef, InputChannel, Job, JobState, Millis, Resources, TrainingSpec};
+use crate::domain::{BackendRef, InputChannel, Job, JobState, Resources, TrainingSpec};
 
 /// The tag of a protobuf record. JSON ones begin with `{`.
 const PROTOBUF: u8 = 1;
@@ -105,7 +105,7 @@ struct ResourcesRecord {
     nodes: u32,
 }
 
-#[derive(Clone, PartialEq, Message)]
+#[derive(Clone, PartialEq, Message, serde::Deserialize)]
 struct BackendRefRecord {
     #[prost(string, tag = "1")]
     name: String,
@@ -113,10 +113,13 @@ struct BackendRefRecord {
     data: String,
 }
 
-/// A job's status at one version: what an event keeps (the record keeps the rest once).
-#[derive(Clone, PartialEq, Message)]
+/// A job's status at one version: what an event keeps (the record keeps the rest once). JSON
+/// events decode into it too; one of those may be a whole job (written before events held
+/// only the status), whose immutable fields are ignored as the record's.
+#[derive(Clone, PartialEq, Message, serde::Deserialize)]
 struct EventRecord {
     #[prost(uint32, tag = "1")]
+    #[serde(deserialize_with = "state_by_name")]
     state: u32,
     #[prost(string, tag = "2")]
     message: String,
@@ -133,18 +136,26 @@ struct EventRecord {
     #[prost(bool, tag = "8")]
     cancel_requested: bool,
     #[prost(uint64, optional, tag = "9")]
+    #[serde(default)]
     cancel_sent_at: Option<u64>,
     #[prost(uint64, tag = "10")]
     sequence: u64,
     #[prost(uint64, tag = "11")]
+    #[serde(default)]
     feed_sequence: u64,
 }
 
-/// Only an event's place in the feed: the other fields are skipped, not decoded.
-#[derive(Clone, PartialEq, Message)]
+/// Only an event's place in the feed, from either format: the other fields are skipped.
+#[derive(Clone, PartialEq, Message, serde::Deserialize)]
 struct EventFeedSequenceRecord {
     #[prost(uint64, tag = "11")]
+    #[serde(default)]
     feed_sequence: u64,
+}
+
+/// A JSON event names its state; the record numbers it.
+fn state_by_name<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u32, D::Error> {
+    <JobState as serde::Deserialize>::deserialize(d).map(state_number)
 }
 
 /// Numbers fixed on disk: never reuse one.
@@ -355,51 +366,11 @@ pub(super) fn encode_event(j: &Job) -> Vec<u8> {
     })
 }
 
-/// An event's status, from either format. A JSON event may be a whole job (written before
-/// events held only the status), whose immutable fields are ignored as the record's.
-#[derive(serde::Deserialize)]
-struct EventStatus {
-    state: JobState,
-    message: String,
-    backend_state: String,
-    backend_ref: Option<BackendRef>,
-    output_uri: Option<String>,
-    updated_at: Millis,
-    finished_at: Option<Millis>,
-    cancel_requested: bool,
-    #[serde(default)]
-    cancel_sent_at: Option<Millis>,
-    sequence: u64,
-    #[serde(default)]
-    feed_sequence: u64,
-}
-
-#[derive(serde::Deserialize)]
-struct JsonEventFeedSequence {
-    #[serde(default)]
-    feed_sequence: u64,
-}
-
 /// The job as it was at the event `key`: the record's immutable part with the event's status.
 pub(super) fn decode_event(key: &[u8], bytes: &[u8], record: &Job) -> Result<Job> {
-    let e = match format_of(key, bytes)? {
-        Format::Json => from_json::<EventStatus>(key, bytes)?,
-        Format::Protobuf(b) => {
-            let e: EventRecord = from_protobuf(key, b)?;
-            EventStatus {
-                state: state_from(key, e.state)?,
-                message: e.message,
-                backend_state: e.backend_state,
-                backend_ref: e.backend_ref.map(backend_ref_from),
-                output_uri: e.output_uri,
-                updated_at: e.updated_at,
-                finished_at: e.finished_at,
-                cancel_requested: e.cancel_requested,
-                cancel_sent_at: e.cancel_sent_at,
-                sequence: e.sequence,
-                feed_sequence: e.feed_sequence,
-            }
-        }
+    let e: EventRecord = match format_of(key, bytes)? {
+        Format::Json => from_json(key, bytes)?,
+        Format::Protobuf(b) => from_protobuf(key, b)?,
     };
     Ok(Job {
         id: record.id.clone(),
@@ -407,10 +378,10 @@ pub(super) fn decode_event(key: &[u8], bytes: &[u8], record: &Job) -> Result<Job
         target: record.target.clone(),
         spec: record.spec.clone(),
         created_at: record.created_at,
-        state: e.state,
+        state: state_from(key, e.state)?,
         message: e.message,
         backend_state: e.backend_state,
-        backend_ref: e.backend_ref,
+        backend_ref: e.backend_ref.map(backend_ref_from),
         output_uri: e.output_uri,
         updated_at: e.updated_at,
         finished_at: e.finished_at,
@@ -423,10 +394,11 @@ pub(super) fn decode_event(key: &[u8], bytes: &[u8], record: &Job) -> Result<Job
 
 /// The feed sequence the event `key` was numbered with.
 pub(super) fn event_feed_sequence(key: &[u8], bytes: &[u8]) -> Result<u64> {
-    Ok(match format_of(key, bytes)? {
-        Format::Json => from_json::<JsonEventFeedSequence>(key, bytes)?.feed_sequence,
-        Format::Protobuf(b) => from_protobuf::<EventFeedSequenceRecord>(key, b)?.feed_sequence,
-    })
+    let e: EventFeedSequenceRecord = match format_of(key, bytes)? {
+        Format::Json => from_json(key, bytes)?,
+        Format::Protobuf(b) => from_protobuf(key, b)?,
+    };
+    Ok(e.feed_sequence)
 }
 
 #[cfg(test)]
