@@ -1114,7 +1114,7 @@ mod tests {
             }
             s.db.flush().unwrap();
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = reopen(dir.path()).await;
         let (page1, next) = s.list_jobs(|_| true, None, 3).unwrap();
         assert_eq!(
             page1.iter().map(|j| &j.id).collect::<Vec<_>>(),
@@ -1190,7 +1190,7 @@ mod tests {
             done(&s, &ids[0]).await;
             s.db.flush().unwrap();
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = reopen(dir.path()).await;
         let live = |t: &str| {
             s.live_jobs_of(t)
                 .unwrap()
@@ -1279,7 +1279,7 @@ mod tests {
             s.meta.remove(INDEX_VERSION).unwrap();
             s.db.flush().unwrap();
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = reopen(dir.path()).await;
         assert_eq!(s.live_jobs_of("local").unwrap().len(), 1);
         let page = |after: Option<&str>| {
             s.list_jobs_by(Some(JobIndex::Target("local")), |_| true, after, 10)
@@ -1350,7 +1350,7 @@ mod tests {
         }
         assert_eq!(seen.len(), 5);
         assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
-        let s = Store::open(dir.path()).unwrap();
+        let s = reopen(dir.path()).await;
         let replay = |after: u64, limit: usize| {
             s.feed_after(after, limit)
                 .unwrap()
@@ -1811,7 +1811,7 @@ mod tests {
             assert_eq!(s.prune_before(now_ms()).unwrap().jobs, 0);
             s.db.flush().unwrap();
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = reopen(dir.path()).await;
         assert_eq!(s.prune_before(now_ms()).unwrap().jobs, 1);
         assert_eq!(traces_of(&s, &id), Vec::<String>::new());
         assert!(s.idempotency.is_empty());
