@@ -572,7 +572,7 @@ pub(super) async fn rows(o: &Opts) -> Vec<Row> {
             ramp_requests as f64 / n as f64,
             rss_mb(pid)
         ),
-        goal: "— (setup of rows 9)".into(),
+        goal: "— (setup of row 9)".into(),
         met: Met::NotJudged,
     }];
 
